@@ -1,0 +1,1 @@
+"""star_jax: teach language models to reason with reinforcement learning, in JAX."""

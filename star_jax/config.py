@@ -1,0 +1,167 @@
+"""Typed, validated views of the ml_collections configs in experiments/configs/.
+
+Configs are edited as `ConfigDict`s (Python files, command-line overrides); at the module boundary they
+are converted once into frozen dataclasses here, which reject unknown keys and invalid values with an
+error naming the key (`config.train.lr must be > 0, got -1.0`). Library code never reads ConfigDicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from star_jax.models.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  task: str = "arithmetic"  # only the arithmetic task exists so far
+  data_dir: str = ""  # TFDS data dir; "" means <workdir>/data
+  max_train_digits: int = 5  # training operands have 1..max_train_digits digits
+  max_test_digits: int = 8  # held-out splits for 1..max_test_digits (length generalisation beyond train)
+  rationales_per_digit: int = 20_000  # examples with full scratchpads per digit length
+  questions_per_digit: int = 2_000  # STaR dataset D (questions + answers, no rationale) per digit length
+  test_per_digit: int = 100  # held-out questions per digit length
+  pack: bool = True  # pack several examples per row (per-example attention masks) instead of padding
+  seed: int = 0  # data generation seed
+
+  def __post_init__(self):
+    _require(self.task == "arithmetic", "data.task", self.task, "must be 'arithmetic'")
+    _require(1 <= self.max_train_digits <= self.max_test_digits, "data.max_train_digits", self.max_train_digits,
+             f"must be in [1, data.max_test_digits={self.max_test_digits}]")
+    for key in ("rationales_per_digit", "questions_per_digit", "test_per_digit"):
+      _require(getattr(self, key) > 0, f"data.{key}", getattr(self, key), "must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  batch_size: int = 32  # global batch (rows); split over the mesh's data x fsdp axes and processes
+  seq_len: int = 128  # tokens per row
+  steps: int = 1000  # optimizer updates
+  lr: float = 2e-3  # peak learning rate
+  warmup_steps: int = 100  # linear warmup from 0
+  decay: str = "cosine"  # after warmup: "cosine" (to lr * min_lr_ratio) or "constant"
+  min_lr_ratio: float = 0.1  # final lr / peak lr for cosine decay
+  weight_decay: float = 0.01  # AdamW decoupled weight decay
+  b1: float = 0.9
+  b2: float = 0.99
+  grad_clip: float = 1.0  # global-norm clipping threshold; 0 disables
+  grad_accum_steps: int = 1  # micro-batches per update (batch_size must divide evenly)
+  seed: int = 0  # init + per-step rng seed
+  log_every: int = 50  # steps between metric writes
+
+  def __post_init__(self):
+    for key in ("batch_size", "seq_len", "steps", "grad_accum_steps", "log_every"):
+      _require(getattr(self, key) > 0, f"train.{key}", getattr(self, key), "must be > 0")
+    _require(self.lr > 0, "train.lr", self.lr, "must be > 0")
+    _require(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, "must be >= 0")
+    _require(self.decay in ("cosine", "constant"), "train.decay", self.decay, "must be 'cosine' or 'constant'")
+    _require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
+    _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
+    _require(0 <= self.b1 < 1 and 0 <= self.b2 < 1, "train.b1/b2", (self.b1, self.b2), "must be in [0, 1)")
+    _require(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "must be >= 0")
+    _require(self.batch_size % self.grad_accum_steps == 0, "train.grad_accum_steps", self.grad_accum_steps,
+             f"must divide train.batch_size={self.batch_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  every_steps: int = 500  # save every N steps (and always at the end)
+  keep: int = 2  # checkpoints kept on disk
+
+  def __post_init__(self):
+    _require(self.every_steps > 0, "checkpoint.every_steps", self.every_steps, "must be > 0")
+    _require(self.keep > 0, "checkpoint.keep", self.keep, "must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  batch_size: int = 256  # prompts decoded together
+  max_new_tokens: int = 160  # generation cap (an 8-digit scratchpad is ~150 characters)
+
+  def __post_init__(self):
+    _require(self.batch_size > 0, "eval.batch_size", self.batch_size, "must be > 0")
+    _require(self.max_new_tokens > 0, "eval.max_new_tokens", self.max_new_tokens, "must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  axes: tuple[tuple[str, int], ...] = (("data", -1), ("fsdp", 1), ("tensor", 1))
+
+  def __post_init__(self):
+    names = sorted(name for name, _ in self.axes)
+    _require(names == ["data", "fsdp", "tensor"], "mesh.axes", self.axes, "must name data, fsdp and tensor once each")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  model: ModelConfig
+  data: DataConfig
+  train: TrainConfig
+  checkpoint: CheckpointConfig
+  eval: EvalConfig
+  mesh: MeshConfig
+
+
+def _require(ok: bool, key: str, value: Any, message: str) -> None:
+  if not ok:
+    raise ValueError(f"config.{key} {message}, got {value!r}")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+  """Convert a ConfigDict leaf to the dataclass field's type, or raise naming the key."""
+  origin = typing.get_origin(annotation)
+  if annotation is bool:
+    if not isinstance(value, bool):
+      raise ValueError(f"config.{key} must be a bool, got {value!r}")
+    return value
+  if annotation is int:
+    if isinstance(value, bool) or not isinstance(value, int):
+      raise ValueError(f"config.{key} must be an int, got {value!r}")
+    return value
+  if annotation is float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise ValueError(f"config.{key} must be a number, got {value!r}")
+    return float(value)
+  if annotation is str:
+    if not isinstance(value, str):
+      raise ValueError(f"config.{key} must be a string, got {value!r}")
+    return value
+  if origin is tuple:
+    if not isinstance(value, (list, tuple)):
+      raise ValueError(f"config.{key} must be a list, got {value!r}")
+    args = typing.get_args(annotation)
+    if len(args) == 2 and args[1] is Ellipsis:
+      return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if len(value) != len(args):
+      raise ValueError(f"config.{key} must have {len(args)} entries, got {value!r}")
+    return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+  return value
+
+
+def dataclass_from_mapping(cls, mapping: Mapping[str, Any], prefix: str):
+  """Build dataclass `cls` from a (Config)dict; unknown keys and wrong types raise naming the key."""
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  unknown = sorted(set(mapping) - set(fields))
+  if unknown:
+    raise ValueError(f"unknown config key(s) {', '.join(f'config.{prefix}.{k}' for k in unknown)}; "
+                     f"valid keys: {sorted(fields)}")
+  hints = typing.get_type_hints(cls)
+  kwargs = {name: _coerce(mapping[name], hints[name], f"{prefix}.{name}") for name in fields if name in mapping}
+  return cls(**kwargs)
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "checkpoint": CheckpointConfig,
+             "eval": EvalConfig, "mesh": MeshConfig}
+
+
+def experiment_from_config(config: Mapping[str, Any]) -> ExperimentConfig:
+  """Validate a whole experiment ConfigDict (sections model/data/train/checkpoint/eval/mesh)."""
+  config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  unknown = sorted(set(config) - set(_SECTIONS))
+  if unknown:
+    raise ValueError(f"unknown config section(s) {unknown}; valid sections: {sorted(_SECTIONS)}")
+  return ExperimentConfig(**{name: dataclass_from_mapping(cls, config.get(name, {}), name)
+                             for name, cls in _SECTIONS.items()})

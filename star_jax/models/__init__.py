@@ -1,0 +1,13 @@
+"""The decoder LM: configuration, Flax modules and pure-functional entry points."""
+
+from star_jax.models.config import ModelConfig
+from star_jax.models.functional import (abstract_params, count_params, forward, forward_cached,
+                                        forward_with_hidden, init_cache, init_params, logical_axes,
+                                        positions_from_segments, segment_causal_mask)
+from star_jax.models.transformer import LayerCache
+
+__all__ = [
+    "ModelConfig", "LayerCache", "abstract_params", "count_params", "forward", "forward_cached",
+    "forward_with_hidden", "init_cache", "init_params", "logical_axes", "positions_from_segments",
+    "segment_causal_mask",
+]

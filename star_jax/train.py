@@ -1,0 +1,213 @@
+"""Train state, the jitted train step, and the inner training loop.
+
+The step is a module-level pure function `(state, batch, rng) -> (state, metrics)`; `compile_train_step`
+jits it once with explicit in/out shardings and the state donated. The loop fetches metrics to the host
+one step late (the device is never idle waiting for the host), raises on a non-finite loss naming the
+step *before* any later checkpoint is written, and checkpoints the data iterator with the state so a
+killed run resumes exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from star_jax import losses, models, sharding
+from star_jax.config import CheckpointConfig, TrainConfig
+from star_jax.models import ModelConfig
+
+Batch = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: updates applied so far
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # uint32 key data; the step's rng is fold_in(rng, step)
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when the training loss becomes NaN/inf; the message names the step."""
+
+
+def make_schedule(cfg: TrainConfig) -> optax.Schedule:
+  """Linear warmup to cfg.lr, then cosine decay to lr * min_lr_ratio (or constant)."""
+  if cfg.decay == "constant":
+    decay = optax.constant_schedule(cfg.lr)
+  else:
+    decay = optax.cosine_decay_schedule(cfg.lr, max(cfg.steps - cfg.warmup_steps, 1), alpha=cfg.min_lr_ratio)
+  warmup = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps) if cfg.warmup_steps else optax.constant_schedule(cfg.lr)
+  return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+  """Global-norm clipping then AdamW (Loshchilov & Hutter 2019); no weight decay on norms (1-D params)."""
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+  adamw = optax.adamw(make_schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask)
+  return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw) if cfg.grad_clip else adamw
+
+
+def lm_loss_sums(model_config: ModelConfig, params, batch: Batch) -> tuple[jax.Array, jax.Array]:
+  """(Σ masked token NLL, Σ mask) for a batch with inputs/targets/loss_mask/segment_ids/positions."""
+  logits_BxTxV = models.forward(model_config, params, batch["inputs_BxT"],
+                                segment_ids_BxT=batch.get("segment_ids_BxT"),
+                                positions_BxT=batch.get("positions_BxT"))
+  return losses.masked_nll_sum(logits_BxTxV, batch["targets_BxT"], batch["loss_mask_BxT"])
+
+
+def _split_microbatches(batch: Batch, n: int) -> Batch:
+  """[B, ...] -> [n, B/n, ...] with micro-batch i = rows i, i+n, ... so each stays spread over devices."""
+  def split(x):
+    return jnp.swapaxes(x.reshape((x.shape[0] // n, n) + x.shape[1:]), 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model_config: ModelConfig,
+               tx: optax.GradientTransformation, schedule: optax.Schedule,
+               grad_accum_steps: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One AdamW update on the masked mean token NLL, Σ m·nll / Σ m over the whole (global) batch.
+
+  With grad_accum_steps = n the batch is split into n micro-batches whose gradient *sums* are
+  accumulated and divided by the total mask weight once, so the update equals the full-batch update.
+  `rng` is the run's base key; this step would use fold_in(rng, step) (the LM loss needs none).
+  """
+  del rng  # deterministic objective; kept for the uniform step signature used by RL objectives
+  grad_fn = jax.value_and_grad(functools.partial(lm_loss_sums, model_config), has_aux=True)
+
+  if grad_accum_steps == 1:
+    (nll_sum, weight), grads = grad_fn(state.params, batch)
+  else:
+    def accumulate(carry, microbatch):
+      (nll_acc, weight_acc), grads_acc = carry
+      (nll, w), g = grad_fn(state.params, microbatch)
+      return ((nll_acc + nll, weight_acc + w), jax.tree.map(jnp.add, grads_acc, g)), None
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    ((nll_sum, weight), grads), _ = jax.lax.scan(
+        accumulate, ((jnp.zeros(()), jnp.zeros(())), zeros), _split_microbatches(batch, grad_accum_steps))
+
+  denominator = jnp.maximum(weight, 1.0)
+  grads = jax.tree.map(lambda g: g / denominator, grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {
+      "loss": nll_sum / denominator,
+      "loss_tokens": weight,
+      "grad_norm": optax.global_norm(grads),
+      "update_norm": optax.global_norm(updates),
+      "param_norm": optax.global_norm(params),
+      "lr": schedule(state.step),
+  }
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+# ---- sharded state creation and compilation ----
+
+def _boxed_state(model_config: ModelConfig, tx: optax.GradientTransformation, rng: jax.Array, seed_rng: jax.Array):
+  params = models.functional.init_boxed_params(model_config, rng)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    rng=jax.random.key_data(seed_rng))
+
+
+def state_shardings(model_config: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh):
+  """(abstract TrainState with shardings attached, TrainState of NamedShardings)."""
+  boxed = jax.eval_shape(functools.partial(_boxed_state, model_config, tx), jax.random.key(0), jax.random.key(0))
+  abstract = nn.unbox(boxed)
+  shardings = sharding.tree_shardings(nn.get_partition_spec(boxed), abstract, mesh)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  return abstract, shardings
+
+
+def create_train_state(model_config: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, seed: int,
+                       params=None) -> TrainState:
+  """A fresh state laid out on `mesh`; random init from `seed`, or given `params` (e.g. a base model)."""
+  _, shardings = state_shardings(model_config, tx, mesh)
+  init_rng, step_rng = jax.random.split(jax.random.key(seed))
+  if params is None:
+    make = lambda: nn.unbox(_boxed_state(model_config, tx, init_rng, step_rng))  # noqa: E731
+    return jax.jit(make, out_shardings=shardings)()
+  params = jax.device_put(params, shardings.params)
+  make = lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),  # noqa: E731
+                              rng=jax.random.key_data(step_rng))
+  return jax.jit(make, out_shardings=shardings)(params)
+
+
+def compile_train_step(model_config: ModelConfig, train_config: TrainConfig, mesh: Mesh,
+                       tx: optax.GradientTransformation | None = None):
+  """The train step jitted once: state sharded by the partition rules, batch over data x fsdp, donated."""
+  tx = tx or make_optimizer(train_config)
+  _, shardings = state_shardings(model_config, tx, mesh)
+  step = functools.partial(train_step, model_config=model_config, tx=tx, schedule=make_schedule(train_config),
+                           grad_accum_steps=train_config.grad_accum_steps)
+  return jax.jit(sharding.under_mesh(step, mesh),
+                 in_shardings=(shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+                 out_shardings=(shardings, sharding.replicated(mesh)),
+                 donate_argnums=0)
+
+
+# ---- the inner loop ----
+
+def _check_finite(metrics: dict[str, float], step: int) -> None:
+  if not np.isfinite(metrics["loss"]):
+    raise NonFiniteLossError(f"non-finite loss {metrics['loss']} at step {step}; "
+                             "the last checkpoint written before it is intact")
+
+
+def train_loop(state: TrainState, step_fn: Callable, batches: Iterator[dict[str, np.ndarray]], mesh: Mesh, *,
+               num_steps: int, checkpointer=None, checkpoint_config: CheckpointConfig | None = None,
+               writer=None, log_every: int = 50, description: str = "train",
+               on_log: Callable[[int, dict], None] | None = None) -> TrainState:
+  """Run `step_fn` until state.step == num_steps.
+
+  `batches` yields per-process numpy batches (and may expose get_state() for checkpointing). Metrics of
+  step s are fetched while step s+1 runs. At each checkpoint step the current metrics are checked first,
+  so a checkpoint is only ever written for a finite state.
+  """
+  start = int(state.step)
+  rng = state.rng
+  pending: tuple[int, dict] | None = None
+  window_tokens, window_start = 0, time.perf_counter()
+  every = checkpoint_config.every_steps if checkpoint_config else None
+
+  def finish(step: int, device_metrics: dict) -> None:
+    nonlocal window_tokens, window_start
+    host = {k: float(v) for k, v in sharding.to_host(device_metrics).items()}
+    _check_finite(host, step)
+    if step % log_every == 0 or step == num_steps:
+      elapsed = time.perf_counter() - window_start
+      host["tokens_per_sec"] = window_tokens / max(elapsed, 1e-9)
+      window_tokens, window_start = 0, time.perf_counter()
+      if writer is not None:
+        writer.write_scalars(step, {f"{description}/{k}": v for k, v in host.items()})
+      if on_log is not None:
+        on_log(step, host)
+      progress.set_postfix(loss=f"{host['loss']:.4f}", tok_s=f"{host['tokens_per_sec']:.0f}")
+
+  with tqdm(total=num_steps, initial=start, desc=description, dynamic_ncols=True, leave=False,
+            disable=jax.process_index() != 0) as progress:
+    for step in range(start + 1, num_steps + 1):
+      local = next(batches)
+      window_tokens += int(np.sum(local["segment_ids_BxT"] != 0)) * jax.process_count()
+      state, metrics = step_fn(state, sharding.host_batch_to_global(local, mesh), rng)
+      if pending is not None:
+        finish(*pending)
+      pending = (step, metrics)
+      progress.update(1)
+      if checkpointer is not None and (step % every == 0 or step == num_steps):
+        finish(*pending)
+        pending = None
+        checkpointer.save(step, state, data_state=getattr(batches, "get_state", lambda: None)())
+    if pending is not None:
+      finish(*pending)
+  return state
