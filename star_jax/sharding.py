@@ -179,3 +179,9 @@ def under_mesh(fn, mesh: Mesh, rules=DEFAULT_RULES):
     with activation_sharding(mesh, rules):
       return fn(*args, **kwargs)
   return wrapped
+
+
+def shard_global_batch(global_array: np.ndarray, mesh: Mesh) -> jax.Array:
+  """A [B, ...] array every process holds in full -> a global array split over the batch axes."""
+  target = batch_sharding(mesh)
+  return jax.make_array_from_callback(global_array.shape, target, lambda index: global_array[index])

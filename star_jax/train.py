@@ -104,9 +104,9 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model_config:
   metrics = {
       "loss": nll_sum / denominator,
       "loss_tokens": weight,
-      "grad_norm": optax.global_norm(grads),
-      "update_norm": optax.global_norm(updates),
-      "param_norm": optax.global_norm(params),
+      "grad_norm": optax.tree.norm(grads),
+      "update_norm": optax.tree.norm(updates),
+      "param_norm": optax.tree.norm(params),
       "lr": schedule(state.step),
   }
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics

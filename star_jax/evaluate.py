@@ -1,0 +1,64 @@
+"""Held-out evaluation: greedy generation with the KV-cache sampler, scored by the task's verifier."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from star_jax import sampling, sharding
+from star_jax.data import CharTokenizer, Problem, arithmetic, verifiers
+from star_jax.models import ModelConfig
+
+
+def generate_texts(model_config: ModelConfig, params, tokenizer: CharTokenizer, prompts: Sequence[str], *,
+                   mesh: Mesh, sampling_config: sampling.SamplingConfig, batch_size: int,
+                   rng: jax.Array | None = None, max_new_tokens: int | None = None) -> list[str]:
+  """Decode a continuation of every prompt ([BOS] + prompt); EOS and padding are stripped.
+
+  Prompts go through in batches of `batch_size` (the last one padded with repeats of its first prompt,
+  so every call has the same shape and the sampler compiles once per prompt-length bucket).
+  """
+  rng = jax.random.key(0) if rng is None else rng
+  batch_size = -(-batch_size // sharding.batch_divisor(mesh)) * sharding.batch_divisor(mesh)
+  encoded = [tokenizer.encode(p, add_bos=True) for p in prompts]
+  texts: list[str] = []
+  for start in range(0, len(encoded), batch_size):
+    chunk = encoded[start:start + batch_size]
+    padded_chunk = chunk + [chunk[0]] * (batch_size - len(chunk))
+    tokens_BxP, lengths_B = sampling.left_pad(padded_chunk, tokenizer.pad_id)
+    out = sampling.sample(model_config, params, sharding.shard_global_batch(tokens_BxP, mesh),
+                          sharding.shard_global_batch(lengths_B, mesh), jax.random.fold_in(rng, start),
+                          cfg=sampling_config, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                          max_new_tokens=max_new_tokens)
+    tokens_BxN, gen_lengths_B = sharding.to_host((out.tokens_BxN, out.lengths_B))
+    for row in range(len(chunk)):
+      texts.append(tokenizer.decode(tokens_BxN[row, :gen_lengths_B[row]]))
+  return texts
+
+
+def arithmetic_accuracy(model_config: ModelConfig, params, tokenizer: CharTokenizer,
+                        problems_by_digits: Mapping[int, Sequence[Problem]], *, mesh: Mesh,
+                        batch_size: int, max_new_tokens: int) -> dict[str, float]:
+  """Greedy accuracy 1(ŷ = y) per digit length ("acc_<n>digit") and over all problems ("acc_overall").
+
+  Each length gets a generation cap of its full scratchpad length + 16 tokens (<= max_new_tokens), so
+  runaway generations stop early.
+  """
+  cfg = sampling.SamplingConfig(max_new_tokens=max_new_tokens)
+  results: dict[str, float] = {}
+  correct_total = count_total = 0
+  for n_digits in sorted(problems_by_digits):
+    problems = list(problems_by_digits[n_digits])
+    worst_case = max(len(arithmetic.target_text(p)) for p in problems) + 1
+    texts = generate_texts(model_config, params, tokenizer, [arithmetic.prompt_text(p) for p in problems],
+                           mesh=mesh, sampling_config=cfg, batch_size=batch_size,
+                           max_new_tokens=min(worst_case + 16, max_new_tokens))
+    correct = int(np.sum([verifiers.is_correct(p, t) for p, t in zip(problems, texts)]))
+    results[f"acc_{n_digits}digit"] = correct / len(problems)
+    correct_total += correct
+    count_total += len(problems)
+  results["acc_overall"] = correct_total / max(count_total, 1)
+  return results
