@@ -1,31 +1,40 @@
-# The two commands of the README: `make demo` and `make test`. Each creates .venv on first use.
+# The two commands of the README: `make demo` and `make test`. Each creates .venv on first use and
+# re-installs only when setup.py changes.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+SETUP_HASH := $(shell cksum setup.py | cut -d' ' -f1)
+BASE_STAMP := $(VENV)/.base-$(SETUP_HASH)
+TEST_STAMP := $(VENV)/.test-$(SETUP_HASH)
 WORKDIR ?= runs/demo
+CONFIG ?= experiments/configs/arithmetic.py
 
-.PHONY: demo test test-all bench clean venv
+.PHONY: demo test test-all bench clean
 
-venv: $(STAMP)
+$(PY):
+	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): setup.py
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,hf]'
-	rm -f $(VENV)/.installed-* && touch $@
+$(BASE_STAMP): setup.py | $(PY)
+	$(PIP) -e .
+	touch $@
 
-demo: $(STAMP)
-	$(PY) -m star_jax.main --config=experiments/configs/arithmetic.py --workdir=$(WORKDIR)
+# The test extras add pytest, nbclient and (for Hugging Face parity tests) torch CPU + transformers.
+$(TEST_STAMP): setup.py | $(PY)
+	$(PIP) -e '.[test,hf]'
+	touch $@ $(BASE_STAMP)
 
-test: $(STAMP)
-	$(PY) -m pytest -q tests
+demo: $(BASE_STAMP)
+	$(PY) -m star_jax.main --config=$(CONFIG) --workdir=$(WORKDIR)
 
-# Also runs the long tests (full experiments) that `make test` skips.
-test-all: $(STAMP)
+test: $(TEST_STAMP)
+	$(PY) -m pytest -q --durations=15 tests
+
+# Also the long tests (full experiments) that `make test` skips.
+test-all: $(TEST_STAMP)
 	$(PY) -m pytest -q --run-slow tests
 
-bench: $(STAMP)
+bench: $(BASE_STAMP)
 	$(PY) benchmarks/train_step.py
 
 clean:

@@ -32,6 +32,7 @@ from star_jax.data.verifiers import (
 )
 
 if TYPE_CHECKING:
+    from star_jax.data.hf_tokenizer import HFTokenizer
     from star_jax.data.arithmetic_tfds import Arithmetic, ArithmeticBuilderConfig, build_arithmetic
     from star_jax.data.pipeline import encode_example, make_eval_problems, make_train_dataset
 
@@ -42,6 +43,7 @@ _LAZY = {
     "encode_example": "star_jax.data.pipeline",
     "make_eval_problems": "star_jax.data.pipeline",
     "make_train_dataset": "star_jax.data.pipeline",
+    "HFTokenizer": "star_jax.data.hf_tokenizer",
 }
 
 
@@ -54,6 +56,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "NO_ANSWER",
     "Arithmetic",
+    "HFTokenizer",
     "ArithmeticBuilderConfig",
     "CharTokenizer",
     "Problem",
