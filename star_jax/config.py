@@ -105,6 +105,43 @@ class ExperimentConfig:
   mesh: MeshConfig
 
 
+@dataclasses.dataclass(frozen=True)
+class StarConfig:
+  """The STaR outer loop (Zelikman et al. 2022, arXiv 2203.14465, Algorithm 1); see star_jax/star.py."""
+  iterations: int = 10  # outer-loop iterations N
+  base_steps: int = 300  # fine-tuning steps of iteration 1
+  growth: float = 1.2  # steps_n = ceil(base_steps * growth^(n-1)): +20% per iteration in the paper
+  rationalize: bool = True  # for failures, generate again with the answer as a hint (hint removed when saved)
+  restart_from_base: bool = True  # fine-tune every iteration from the base model M (False: from M_{n-1})
+  fraction_of_D: float = 1.0  # fraction of the questions D generated on per iteration (resampled each one)
+  temperature: float = 0.0  # rationale sampling temperature (0 = greedy)
+  max_new_tokens: int = 192  # generation cap (also capped per digit length and by train.seq_len)
+  generate_batch_size: int = 256  # prompts decoded together during generation and rationalization
+  mix_seed: bool = False  # also fine-tune on the seed examples each iteration (not in Algorithm 1)
+  seed_per_digit: int = 10  # base model: scratchpads per digit length 2..max_train_digits (+ all 81 1-digit)
+  seed_steps: int = 500  # base model: training steps on the seed examples
+  seed: int = 0  # every rng of the loop derives from (seed, iteration, phase)
+
+  def __post_init__(self):
+    for key in ("iterations", "base_steps", "max_new_tokens", "generate_batch_size", "seed_steps"):
+      _require(getattr(self, key) > 0, f"star.{key}", getattr(self, key), "must be > 0")
+    _require(self.growth > 0, "star.growth", self.growth, "must be > 0")
+    _require(0 < self.fraction_of_D <= 1, "star.fraction_of_D", self.fraction_of_D, "must be in (0, 1]")
+    _require(self.temperature >= 0, "star.temperature", self.temperature, "must be >= 0")
+    _require(self.seed_per_digit >= 0, "star.seed_per_digit", self.seed_per_digit, "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class StarExperimentConfig(ExperimentConfig):
+  """An ExperimentConfig plus the `star` section; accepted wherever an ExperimentConfig is."""
+  star: StarConfig = dataclasses.field(default_factory=StarConfig)
+
+  def __post_init__(self):
+    _require(self.star.seed_per_digit <= self.data.rationales_per_digit, "star.seed_per_digit",
+             self.star.seed_per_digit, f"must be <= config.data.rationales_per_digit={self.data.rationales_per_digit} "
+             "(seed scratchpads are taken from the rationales split, which is disjoint from D and the test sets)")
+
+
 def _require(ok: bool, key: str, value: Any, message: str) -> None:
   if not ok:
     raise ValueError(f"config.{key} {message}, got {value!r}")
@@ -165,3 +202,14 @@ def experiment_from_config(config: Mapping[str, Any]) -> ExperimentConfig:
     raise ValueError(f"unknown config section(s) {unknown}; valid sections: {sorted(_SECTIONS)}")
   return ExperimentConfig(**{name: dataclass_from_mapping(cls, config.get(name, {}), name)
                              for name, cls in _SECTIONS.items()})
+
+
+def star_experiment_from_config(config: Mapping[str, Any]) -> StarExperimentConfig:
+  """Validate a STaR experiment ConfigDict (the sections of `experiment_from_config` plus `star`)."""
+  config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  sections = {**_SECTIONS, "star": StarConfig}
+  unknown = sorted(set(config) - set(sections))
+  if unknown:
+    raise ValueError(f"unknown config section(s) {unknown}; valid sections: {sorted(sections)}")
+  return StarExperimentConfig(**{name: dataclass_from_mapping(cls, config.get(name, {}), name)
+                                 for name, cls in sections.items()})

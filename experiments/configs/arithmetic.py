@@ -59,7 +59,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 100  # prompts decoded together
-  c.eval.max_new_tokens = 192  # cap (an 8-digit scratchpad is ~110 characters)
+  c.eval.max_new_tokens = 288  # cap (an 8-digit target is 268 characters; each length gets its own tighter cap)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.axes = (("data", -1), ("fsdp", 1), ("tensor", 1))  # -1: all remaining devices

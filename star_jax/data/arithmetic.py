@@ -138,6 +138,21 @@ def answer_text(p: Problem) -> str:
     return _spaced(str(p.answer))
 
 
+def hinted_prompt_text(p: Problem) -> str:
+    """The STaR rationalization prompt: the answer as a hint right after 'Target:'.
+
+    'Input:\\n1 5 2 + 7 0 2\\nTarget:\\n8 5 4\\n'; the model continues with the usual target
+    ('<scratch>\\n...</scratch>\\n8 5 4\\n'), i.e. it justifies an answer it was given. The hint
+    is only ever in the *generation* prompt: rationalized examples are saved with `prompt_text(p)`.
+
+    The official STaR code (ezelikman/STaR, device_inference.py, question_to_context) appends
+    ' ' + the scratchpad's last line instead ('Target: 0 8 5 4', carry digit included, no newline);
+    this format puts the answer itself on its own line, which `extract_answer` and the character
+    tokenizer treat like any answer line. The hint is the task's, so it lives here with the format.
+    """
+    return f"{prompt_text(p)}{answer_text(p)}\n"
+
+
 def _scratch_line(head: str, partial: str, carry: int) -> str:
     body = f"{head} , " if head else ", "
     return f"{body}{partial + ' ' if partial else ''}C: {carry}"

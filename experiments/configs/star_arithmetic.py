@@ -1,0 +1,110 @@
+"""STaR (Zelikman et al. 2022, arXiv 2203.14465) on n-digit addition: star_jax.star.make_base_model + run.
+
+  get_config()        a starting point for a real run (not tuned yet): 4 layers, d_model 128, 1-5 digit D
+  get_config("tiny")  seconds; used by tests/test_star.py
+
+Validated by star_jax.config.star_experiment_from_config (sections model/data/train/checkpoint/eval/mesh
+as in arithmetic.py, plus `star`). `train` is used twice: for the base model (star.seed_steps steps) and
+for every iteration's fine-tuning (its steps replaced by ceil(star.base_steps * star.growth^(n-1))).
+SWEEPS below are named lists of override sets for a sweep runner (not written yet).
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  c.model = ml_collections.ConfigDict()
+  c.model.vocab_size = 100  # CharTokenizer: pad/bos/eos/unk, newline, printable ASCII
+  c.model.d_model = 128  # residual width
+  c.model.n_layers = 4  # transformer blocks
+  c.model.n_heads = 4  # query heads
+  c.model.n_kv_heads = 4  # key/value heads (GQA when fewer than n_heads)
+  c.model.head_dim = 0  # 0 = d_model // n_heads
+  c.model.d_ff = 0  # 0 = 4 * d_model
+  c.model.rope_theta = 10_000.0  # rotary base
+  c.model.norm_eps = 1e-6  # RMSNorm epsilon
+  c.model.qkv_bias = False  # Qwen2-style q/k/v bias
+  c.model.tie_embeddings = False  # share input embedding and output projection
+  c.model.dtype = "float32"  # compute dtype
+  c.model.param_dtype = "float32"  # storage dtype
+
+  c.data = ml_collections.ConfigDict()
+  c.data.task = "arithmetic"  # the STaR paper's n-digit addition with scratchpads
+  c.data.data_dir = ""  # TFDS data dir; "" = <workdir>/data
+  c.data.max_train_digits = 5  # D has questions with 1..5-digit operands
+  c.data.max_test_digits = 8  # held-out 1..8 digits (6-8: length generalisation)
+  c.data.rationales_per_digit = 10  # pool of the seed scratchpads (>= star.seed_per_digit); disjoint from D and tests
+  c.data.questions_per_digit = 2_000  # STaR's dataset D per length (1 digit: all 81), answers only
+  c.data.test_per_digit = 100  # held-out problems per length
+  c.data.pack = True  # pack examples into rows with per-example attention
+  c.data.seed = 0  # dataset generation seed
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 32  # global rows per step
+  c.train.seq_len = 256  # tokens per row (a 5-digit example is ~200 tokens; generations are capped to fit)
+  c.train.steps = 1  # unused: star.seed_steps / the per-iteration schedule set the steps
+  c.train.lr = 2e-3  # peak learning rate
+  c.train.warmup_steps = 50  # linear warmup (each fine-tuning restarts its schedule)
+  c.train.decay = "cosine"  # cosine decay to lr * min_lr_ratio over each fine-tuning's steps
+  c.train.min_lr_ratio = 0.1  # final lr / peak lr of the cosine decay
+  c.train.weight_decay = 0.01  # AdamW decoupled decay (matrices only)
+  c.train.b1 = 0.9  # AdamW first-moment decay
+  c.train.b2 = 0.99  # AdamW second-moment decay
+  c.train.grad_clip = 1.0  # global-norm clip
+  c.train.grad_accum_steps = 1  # micro-batches per update
+  c.train.seed = 0  # the base model's random init
+  c.train.log_every = 25  # metric interval (TensorBoard + logs/metrics.jsonl)
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 200  # save interval within each fine-tuning (and at its end)
+  c.checkpoint.keep = 1  # checkpoints kept per fine-tuning (the last one is M_n)
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 100  # prompts decoded together
+  c.eval.max_new_tokens = 288  # cap (an 8-digit target is 268 characters)
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.axes = (("data", -1), ("fsdp", 1), ("tensor", 1))  # -1: all remaining devices
+
+  c.star = ml_collections.ConfigDict()
+  c.star.iterations = 10  # outer-loop iterations N
+  c.star.base_steps = 300  # fine-tuning steps of iteration 1
+  c.star.growth = 1.2  # steps grow 20% per iteration (the paper's schedule)
+  c.star.rationalize = True  # retry failures with the answer as a hint; the hint is removed before saving
+  c.star.restart_from_base = True  # fine-tune from the base model every iteration (False: from M_{n-1})
+  c.star.fraction_of_D = 1.0  # fraction of D generated on per iteration (drawn anew each iteration)
+  c.star.temperature = 0.0  # rationale sampling temperature (0 = greedy)
+  c.star.max_new_tokens = 192  # generation cap (a 5-digit target is 163 characters)
+  c.star.generate_batch_size = 256  # prompts decoded together while generating
+  c.star.mix_seed = False  # also fine-tune on the seed examples (not in Algorithm 1)
+  c.star.seed_per_digit = 10  # base model: scratchpads per length 2..5, plus all 81 one-digit problems
+  c.star.seed_steps = 1000  # base model: training steps on the seed examples (plain + hinted prompts)
+  c.star.seed = 0  # every rng of the loop derives from (seed, iteration, phase)
+  # few-shot prompting is not implemented: the base model is fine-tuned on the seed examples instead.
+
+  if arg == "tiny":
+    c.model.d_model, c.model.n_layers, c.model.n_heads, c.model.n_kv_heads = 32, 2, 4, 2
+    c.data.max_train_digits, c.data.max_test_digits = 2, 3
+    c.data.rationales_per_digit, c.data.questions_per_digit, c.data.test_per_digit = 4, 8, 8
+    c.train.batch_size, c.train.seq_len = 8, 128
+    c.train.warmup_steps, c.train.log_every = 2, 2
+    c.checkpoint.every_steps, c.checkpoint.keep = 4, 2
+    c.eval.batch_size, c.eval.max_new_tokens = 8, 128
+    c.star.iterations, c.star.base_steps = 2, 6
+    c.star.max_new_tokens, c.star.generate_batch_size = 128, 8  # = eval's: one sampler compilation
+    c.star.seed_per_digit, c.star.seed_steps = 4, 6  # = base_steps: the base shares one train-step compilation
+  elif arg:
+    raise ValueError(f"unknown config variant {arg!r}; use '' or 'tiny'")
+  return c
+
+
+# Named sweeps: each a list of override sets (dotted key -> value) for a sweep runner.
+SWEEPS = {
+    "rationalization": [{"star.rationalize": True}, {"star.rationalize": False}],
+    "restart_from_base": [{"star.restart_from_base": True}, {"star.restart_from_base": False}],
+    "temperature": [{"star.temperature": t} for t in (0.0, 0.5, 1.0)],
+    "fraction_of_D": [{"star.fraction_of_D": f} for f in (0.25, 0.5, 1.0)],
+    "seed_per_digit": [{"star.seed_per_digit": k, "data.rationales_per_digit": k} for k in (5, 10, 50)],
+}

@@ -1,0 +1,349 @@
+"""The STaR outer loop (Zelikman et al. 2022, "STaR: Bootstrapping Reasoning With Reasoning", arXiv 2203.14465).
+
+Algorithm 1. Given a base model M and questions D = {(x_i, y_i)} without rationales, for n = 1..N:
+
+  1. generate (r_i, ŷ_i) ~ M_{n-1}(x_i) for every question (or a reproducible `fraction_of_D` of them);
+  2. keep D_n = {(x_i, r_i, y_i) : 1(ŷ_i = y_i)};
+  3. rationalize: for the failures, generate (r_i^rat, ŷ_i^rat) ~ M_{n-1}(x_i + hint(y_i)) and keep
+     D_n^rat = {(x_i, r_i^rat, y_i) : 1(ŷ_i^rat = y_i)}, saved WITHOUT the hint (plain prompt x_i);
+  4. M_n = train(M, D_n ∪ D_n^rat) for ceil(base_steps * growth^(n-1)) steps, always FROM THE BASE MODEL M
+     (`restart_from_base=False` continues from M_{n-1}, an ablation);
+  5. evaluate M_n on held-out questions (greedy accuracy per digit length).
+
+Every phase writes its output atomically under `<workdir>/iter_<n>/` and is skipped when that output
+exists, so a killed run re-started with the same command ends with the same parameters and metrics:
+
+  iter_0/eval.json                 the base model's held-out accuracy
+  iter_<n>/generated.jsonl         every generation of step 1, with `correct` (star_data.py: record format)
+  iter_<n>/rationalized.jsonl      every hinted generation of step 3 (prompt = the plain prompt)
+  iter_<n>/checkpoints/, train.json  step 4 (the Checkpointer resumes mid-training; train.json marks the end)
+  iter_<n>/eval.json               step 5
+  iter_<n>/timings.json            wall time of the generation phases (written just before their outputs)
+  star_metrics.jsonl, star_report.md, star_accuracy.png, logs/ (TensorBoard)   rewritten every iteration
+
+Every rng derives from (star.seed, iteration, phase) (star_data.phase_key / phase_seed). The base model
+comes from the caller; `make_base_model` trains one on seed scratchpads disjoint from D and the test sets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+from absl import logging
+
+from star_jax import checkpoint, evaluate, metrics, sampling, sharding, star_report, train
+from star_jax import star_data as sd
+from star_jax.config import StarExperimentConfig
+from star_jax.data import CharTokenizer, build_arithmetic, make_eval_problems, make_train_dataset
+
+
+@dataclasses.dataclass
+class _Context:
+  cfg: StarExperimentConfig
+  generator: Callable  # params -> sd.Generate
+  workdir: str
+  mesh: jax.sharding.Mesh
+  tokenizer: CharTokenizer
+  builder: object
+  questions: list  # D, all digit lengths 1..max_train_digits
+  tests: dict  # n_digits -> held-out problems
+
+  def iter_dir(self, n: int) -> str:
+    return os.path.join(self.workdir, f"iter_{n}")
+
+
+def _setup(cfg: StarExperimentConfig, workdir: str) -> _Context:
+  if not isinstance(cfg, StarExperimentConfig):
+    raise TypeError(f"STaR needs a StarExperimentConfig (config.star_experiment_from_config), got {type(cfg).__name__}")
+  tokenizer = CharTokenizer()
+  if cfg.model.vocab_size != tokenizer.vocab_size:
+    raise ValueError(f"config.model.vocab_size must equal the tokenizer's {tokenizer.vocab_size}, "
+                     f"got {cfg.model.vocab_size}")
+  mesh = sharding.make_mesh(cfg.mesh.axes)
+  if cfg.train.batch_size % (sharding.batch_divisor(mesh) * jax.process_count()):
+    raise ValueError(f"config.train.batch_size={cfg.train.batch_size} must be a multiple of the mesh's "
+                     f"data x fsdp size {sharding.batch_divisor(mesh)} and the process count {jax.process_count()}")
+  d = cfg.data
+  builder = build_arithmetic(d.data_dir or os.path.join(workdir, "data"), max_train_digits=d.max_train_digits,
+                             max_test_digits=d.max_test_digits, rationales_per_digit=d.rationales_per_digit,
+                             questions_per_digit=d.questions_per_digit, test_per_digit=d.test_per_digit, seed=d.seed)
+  questions = sd.problems_from_source(builder.as_data_source("questions"))
+  tests = {n: make_eval_problems(builder.as_data_source(f"test_{n}digit")) for n in range(1, d.max_test_digits + 1)}
+  ctx = _Context(cfg, None, os.path.abspath(workdir), mesh, tokenizer, builder, questions, tests)
+  ctx.generator = functools.partial(sampler_generator, ctx)
+  return ctx
+
+
+# ---- fine-tuning (the base model and every iteration) ----
+
+def _abstract_state(cfg: StarExperimentConfig, mesh):
+  return train.state_shardings(cfg.model, train.make_optimizer(cfg.train), mesh)[0]
+
+
+@functools.lru_cache(maxsize=8)
+def _optimizer_and_step(model_config, train_config, mesh):
+  """(tx, jitted train step) per (model, train config, mesh): the loop re-trains with the same few step
+  counts (and a resumed or repeated run in one process with all of them), so each compiles once."""
+  tx = train.make_optimizer(train_config)
+  return tx, train.compile_train_step(model_config, train_config, mesh, tx)
+
+
+def fine_tune(cfg: StarExperimentConfig, mesh, tokenizer, examples: list[dict], init_params, num_steps: int,
+              directory: str, *, data_seed: int, init_seed: int, writer=None, description: str = "train"):
+  """Train `init_params` (None: random init from init_seed) on `examples` for num_steps; (params, info).
+
+  Checkpoints go to `directory/checkpoints` (a re-run resumes mid-training); `directory/train.json` is
+  written last and marks the phase done. The lr schedule spans num_steps (cfg.train with steps replaced).
+  Without examples nothing is trained: init_params are saved as step 0.
+  """
+  t0 = time.perf_counter()
+  train_cfg = dataclasses.replace(cfg.train, steps=max(num_steps, 1))
+  tx, step_fn = _optimizer_and_step(cfg.model, train_cfg, mesh)
+  abstract_state, _ = train.state_shardings(cfg.model, tx, mesh)
+  last = {}
+  with checkpoint.Checkpointer(os.path.join(directory, "checkpoints"), keep=cfg.checkpoint.keep) as ckpt:
+    if not examples:
+      num_steps = 0
+      state = train.create_train_state(cfg.model, tx, mesh, init_seed, params=init_params)
+      if ckpt.latest_step() is None:  # (a run killed after this save finds it on the re-run)
+        ckpt.save(0, state)
+    else:
+      batches = iter(make_train_dataset(examples, tokenizer, batch_size=cfg.train.batch_size // jax.process_count(),
+                                        seq_len=cfg.train.seq_len, seed=data_seed, pack=cfg.data.pack))
+      if ckpt.latest_step() is not None:
+        state, data_state = ckpt.restore(abstract_state)
+        batches.set_state(data_state)
+        logging.info("%s: resumed from step %d", description, int(state.step))
+      else:
+        state = train.create_train_state(cfg.model, tx, mesh, init_seed, params=init_params)
+      state = train.train_loop(state, step_fn, batches, mesh, num_steps=num_steps, checkpointer=ckpt,
+                               checkpoint_config=cfg.checkpoint, writer=writer, log_every=cfg.train.log_every,
+                               description=description, on_log=lambda step, m: last.update(m))
+  info = {"steps": num_steps, "examples": len(examples), "final_loss": last.get("loss"),
+          "seconds": time.perf_counter() - t0}
+  sd.write_json(os.path.join(directory, "train.json"), info)
+  return state.params, info
+
+
+def _restore_params(cfg: StarExperimentConfig, mesh, directory: str):
+  info = sd.read_json(os.path.join(directory, "train.json"))
+  with checkpoint.Checkpointer(os.path.join(directory, "checkpoints"), keep=cfg.checkpoint.keep) as ckpt:
+    if ckpt.latest_step() != info["steps"]:
+      raise RuntimeError(f"{directory}: train.json says {info['steps']} steps, "
+                         f"the latest checkpoint is {ckpt.latest_step()}")
+    state, _ = ckpt.restore(_abstract_state(cfg, mesh))
+  return state.params
+
+
+def load_iteration_params(cfg: StarExperimentConfig, workdir: str, iteration: int, mesh=None):
+  """M_n of a (finished) iteration, or the cached base model for iteration "base" / make_base_model."""
+  mesh = mesh or sharding.make_mesh(cfg.mesh.axes)
+  name = "base" if iteration == "base" else f"iter_{iteration}"
+  return _restore_params(cfg, mesh, os.path.join(os.path.abspath(workdir), name))
+
+
+def make_base_model(cfg: StarExperimentConfig, workdir: str):
+  """Train (or load the cached) base model M in `<workdir>/base/` on the seed examples; returns params.
+
+  Seed examples: all 81 one-digit problems plus `star.seed_per_digit` problems per length
+  2..max_train_digits from the rationales split (disjoint from D and the test sets), each with its full
+  scratchpad, once with the plain prompt and once with the hinted prompt (so that rationalization has a
+  format to follow). Never trained on a rationale of a question in D or a test set of >= 2 digits.
+  """
+  ctx = _setup(cfg, workdir)
+  directory = os.path.join(ctx.workdir, "base")
+  if os.path.exists(os.path.join(directory, "train.json")):
+    return _restore_params(cfg, ctx.mesh, directory)
+  examples = _seed_examples(ctx)
+  sd.write_jsonl(os.path.join(directory, "seed.jsonl"), examples)
+  with metrics.MetricWriter(os.path.join(ctx.workdir, "logs")) as writer:
+    params, _ = fine_tune(cfg, ctx.mesh, ctx.tokenizer, examples, None, cfg.star.seed_steps, directory,
+                          data_seed=sd.phase_seed(cfg.star.seed, 0, sd.TRAIN_DATA), init_seed=cfg.train.seed,
+                          writer=writer, description="base/train")
+  return params
+
+
+def base_examples(cfg: StarExperimentConfig, workdir: str) -> list[dict]:
+  """The seed examples `make_base_model` trains on (plain and hinted prompts)."""
+  return _seed_examples(_setup(cfg, workdir))
+
+
+def _seed_examples(ctx: _Context) -> list[dict]:
+  cfg = ctx.cfg
+  rationales = sd.problems_from_source(ctx.builder.as_data_source("rationales"))
+  exclude = set(ctx.questions).union(*ctx.tests.values())
+  problems = sd.seed_problems(rationales, cfg.data.max_train_digits, cfg.star.seed_per_digit,
+                              sd.phase_seed(cfg.star.seed, 0, sd.SUBSAMPLE), exclude)
+  return sd.seed_examples(problems, hinted=True)
+
+
+# ---- the loop ----
+
+def sampler_generator(ctx: _Context, params) -> sd.Generate:
+  """The default generator: the KV-cache sampler (greedy or star.temperature), batches of generate_batch_size."""
+  cfg = ctx.cfg
+  sampling_config = sampling.SamplingConfig(max_new_tokens=cfg.star.max_new_tokens, temperature=cfg.star.temperature)
+
+  def generate(prompts, max_new_tokens, rng):
+    return evaluate.generate_texts(cfg.model, params, ctx.tokenizer, prompts, mesh=ctx.mesh,
+                                   sampling_config=sampling_config, batch_size=cfg.star.generate_batch_size,
+                                   rng=rng, max_new_tokens=max_new_tokens)
+  return generate
+
+
+def _generation_phase(ctx: _Context, n: int, name: str, problems, params_fn, *, hint: bool) -> list[dict]:
+  """Generate (hinted or not) for `problems` with M_{n-1}, or load `iter_<n>/<name>.jsonl` if it exists."""
+  path = os.path.join(ctx.iter_dir(n), f"{name}.jsonl")
+  if os.path.exists(path):
+    return sd.read_jsonl(path)
+  t0 = time.perf_counter()
+  records = []
+  if problems:
+    phase = sd.RATIONALIZE if hint else sd.GENERATE
+    records = sd.generate_records(problems, ctx.generator(params_fn()), sd.phase_key(ctx.cfg.star.seed, n, phase),
+                                  hint=hint, max_new_tokens=ctx.cfg.star.max_new_tokens, seq_len=ctx.cfg.train.seq_len)
+  timings_path = os.path.join(ctx.iter_dir(n), "timings.json")
+  timings = sd.read_json(timings_path) if os.path.exists(timings_path) else {}
+  sd.write_json(timings_path, {**timings, f"seconds_{name}": time.perf_counter() - t0})
+  sd.write_jsonl(path, records)
+  return records
+
+
+def _eval_phase(ctx: _Context, n: int, params_fn) -> dict:
+  path = os.path.join(ctx.iter_dir(n), "eval.json")
+  if os.path.exists(path):
+    return sd.read_json(path)
+  t0 = time.perf_counter()
+  cfg = ctx.cfg
+  accuracy = evaluate.arithmetic_accuracy(cfg.model, params_fn(), ctx.tokenizer, ctx.tests, mesh=ctx.mesh,
+                                          batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens)
+  train_lengths = range(1, cfg.data.max_train_digits + 1)
+  accuracy["acc_train_lengths"] = sum(accuracy[f"acc_{k}digit"] * len(ctx.tests[k]) for k in train_lengths) / sum(
+      len(ctx.tests[k]) for k in train_lengths)
+  result = {"accuracy": accuracy, "seconds": time.perf_counter() - t0}
+  sd.write_json(path, result)
+  return result
+
+
+class _Params:
+  """The base params and the most recent M_n, restored from checkpoints on demand."""
+
+  def __init__(self, ctx: _Context, base_params):
+    self._ctx, self._base, self._latest = ctx, base_params, (None, None)
+
+  def get(self, n: int):
+    if n == 0:
+      return self._base
+    if self._latest[0] != n:
+      self._latest = (n, _restore_params(self._ctx.cfg, self._ctx.mesh, self._ctx.iter_dir(n)))
+    return self._latest[1]
+
+  def put(self, n: int, params) -> None:
+    self._latest = (n, params)
+
+
+def _iteration(ctx: _Context, n: int, store: _Params, writer) -> dict:
+  cfg, star = ctx.cfg, ctx.cfg.star
+  questions = sd.subsample(ctx.questions, star.fraction_of_D, star.seed, n)
+  generated = _generation_phase(ctx, n, "generated", questions, lambda: store.get(n - 1), hint=False)
+  rationalized = []
+  if star.rationalize:
+    rationalized = _generation_phase(ctx, n, "rationalized", sd.failures(generated), lambda: store.get(n - 1),
+                                     hint=True)
+
+  train_json = os.path.join(ctx.iter_dir(n), "train.json")
+  if os.path.exists(train_json):
+    train_info = sd.read_json(train_json)
+  else:
+    examples = sd.training_examples(generated) + sd.training_examples(rationalized)
+    if star.mix_seed:
+      examples += _seed_examples(ctx)
+    init_params = store.get(0) if star.restart_from_base else store.get(n - 1)
+    params, train_info = fine_tune(cfg, ctx.mesh, ctx.tokenizer, examples, init_params,
+                                   sd.steps_for_iteration(star.base_steps, star.growth, n), ctx.iter_dir(n),
+                                   data_seed=sd.phase_seed(star.seed, n, sd.TRAIN_DATA),
+                                   init_seed=sd.phase_seed(star.seed, n, sd.TRAIN_INIT), writer=writer,
+                                   description=f"iter_{n}/train")
+    store.put(n, params)
+  evaluation = _eval_phase(ctx, n, lambda: store.get(n))
+
+  timings_path = os.path.join(ctx.iter_dir(n), "timings.json")
+  timings = sd.read_json(timings_path) if os.path.exists(timings_path) else {}
+  lengths = range(1, cfg.data.max_train_digits + 1)
+  record = {"iteration": n, "questions": len(questions),
+            "kept_generated": sum(r["correct"] for r in generated),
+            "kept_rationalized": sum(r["correct"] for r in rationalized),
+            "train_examples": train_info["examples"], "train_steps": train_info["steps"],
+            "train_loss": train_info["final_loss"]}
+  for source, records in (("generated", generated), ("rationalized", rationalized)):
+    record.update({f"kept_{source}_{k}digit": v for k, v in sd.kept_by_digits(records, lengths).items()})
+  record.update(evaluation["accuracy"])
+  record.update({"seconds_generated": timings.get("seconds_generated"),
+                 "seconds_rationalized": timings.get("seconds_rationalized"),
+                 "seconds_train": train_info["seconds"], "seconds_eval": evaluation["seconds"]})
+  return record
+
+
+def _check_same_config(ctx: _Context) -> None:
+  """Refuse to resume a workdir made with a different config (star.iterations may grow; eval, checkpoint
+  and mesh settings may change). Writes `<workdir>/star_config.json` on the first run."""
+  path = os.path.join(ctx.workdir, "star_config.json")
+  current = json.loads(json.dumps(dataclasses.asdict(ctx.cfg)))
+  if not os.path.exists(path):
+    sd.write_json(path, current)
+    return
+  saved = sd.read_json(path)
+  ignored = {("star", "iterations"), ("star", "generate_batch_size"), ("data", "data_dir")}
+  differ = [f"config.{section}.{key}: {saved[section].get(key)!r} -> {value!r}"
+            for section in ("model", "data", "train", "star") for key, value in current[section].items()
+            if (section, key) not in ignored and saved[section].get(key) != value]
+  if differ:
+    raise ValueError(f"{ctx.workdir} holds a STaR run with a different config; use a new workdir. "
+                     f"Differences: {'; '.join(differ)}")
+
+
+def run(cfg: StarExperimentConfig, workdir: str, base_params,
+        generator: Callable[[Any], sd.Generate] | None = None) -> list[dict]:
+  """Run (or resume) star.iterations STaR iterations from `base_params`; returns one record per iteration.
+
+  Record 0 is the base model's evaluation; record n has the questions generated on, examples kept by
+  generation and by rationalization (total and per digit length), training steps/examples/final loss,
+  held-out accuracy (overall, per digit length, over the training lengths) and each phase's wall time.
+  Records go to `<workdir>/star_metrics.jsonl`, TensorBoard (`logs/`, tags star/*), `star_report.md`,
+  `star_accuracy.png`, and a one-line summary per iteration to stdout.
+
+  `generator(params) -> Generate` replaces the KV-cache sampler for steps 1 and 3 (e.g. a search
+  procedure, or a stub in tests); evaluation always decodes greedily with the sampler.
+  """
+  ctx = _setup(cfg, workdir)
+  if generator is not None:
+    ctx.generator = generator
+  _check_same_config(ctx)
+  metrics_path = os.path.join(ctx.workdir, "star_metrics.jsonl")
+  logged = {r["iteration"] for r in sd.read_jsonl(metrics_path)} if os.path.exists(metrics_path) else set()
+  store = _Params(ctx, base_params)
+  records: list[dict] = []
+  with metrics.MetricWriter(os.path.join(ctx.workdir, "logs")) as writer:
+    for n in range(0, cfg.star.iterations + 1):
+      if n == 0:
+        evaluation = _eval_phase(ctx, 0, lambda: store.get(0))
+        record = {"iteration": 0, **evaluation["accuracy"], "seconds_eval": evaluation["seconds"]}
+      else:
+        record = _iteration(ctx, n, store, writer)
+      records.append(record)
+      if n not in logged:
+        writer.write_scalars(n, {f"star/{k}": v for k, v in record.items()
+                                 if k != "iteration" and isinstance(v, (int, float))})
+        writer.flush()
+      if jax.process_index() == 0:
+        print(star_report.summary_line(record, cfg.data.max_train_digits), flush=True)
+        sd.write_jsonl(metrics_path, records)
+        star_report.write_report(cfg, ctx.workdir, records)
+  return records

@@ -1,0 +1,205 @@
+"""The data side of the STaR loop: seed examples, generation → filter → rationalization, atomic phase files.
+
+Everything here is plain Python over `Problem`s and text; the model enters only through a `Generate`
+callable `(prompts, max_new_tokens, rng) -> texts`, so the filtering and rationalization steps are tested
+with hand-made generations (tests/test_star.py) and run in star.py with the KV-cache sampler.
+
+Saved generation records (`iter_<n>/generated.jsonl`, `iter_<n>/rationalized.jsonl`), one per question:
+
+    {"a": 152, "b": 702, "n_digits": 3, "prompt": "Input:\\n1 5 2 + 7 0 2\\nTarget:\\n",
+     "target": "<scratch>\\n...\\n</scratch>\\n8 5 4\\n", "correct": true, "source": "generated"}
+
+`prompt` is always the plain `prompt_text(p)`: a rationalization was generated from the hinted prompt, and
+the hint is removed before saving, as in the paper. `target` is the generation cut after its answer line
+(as the official code keeps `output[:answer_line + 1]`); records with `correct` are the training examples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from star_jax.data import arithmetic, verifiers
+from star_jax.data.arithmetic import Problem
+
+# (prompts, max_new_tokens, rng) -> one generated continuation per prompt (special tokens stripped).
+Generate = Callable[[Sequence[str], int, jax.Array], list[str]]
+
+# Phase ids: every rng of the loop is derived from (config seed, iteration, phase).
+SUBSAMPLE, GENERATE, RATIONALIZE, TRAIN_DATA, TRAIN_INIT = range(5)
+
+ANSWER_MARGIN = 16  # generation cap beyond the longest true target of a digit length
+
+
+def phase_key(seed: int, iteration: int, phase: int) -> jax.Array:
+  """The jax PRNG key of (seed, iteration, phase)."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), iteration), phase)
+
+
+def phase_seed(seed: int, iteration: int, phase: int) -> int:
+  """An int seed (grain shuffling, state init) of (seed, iteration, phase)."""
+  return int(np.random.default_rng([seed, iteration, phase]).integers(2**31 - 1))
+
+
+def steps_for_iteration(base_steps: int, growth: float, iteration: int) -> int:
+  """ceil(base_steps * growth^(iteration - 1)): 100 -> 100, 120, 144, 173 for growth 1.2.
+
+  The 1e-9 slack keeps float noise (100 * 1.2**2 = 144.00000000000003 on some platforms) from adding a step.
+  (The official code floors: int(start_steps * grow_steps ** (iter - 1)).)
+  """
+  if iteration < 1:
+    raise ValueError(f"iterations count from 1, got {iteration}")
+  return max(1, math.ceil(base_steps * growth ** (iteration - 1) - 1e-9))
+
+
+# ---- the questions, the test sets and the seed examples ----
+
+def problems_from_source(source) -> list[Problem]:
+  return [Problem(int(source[i]["a"]), int(source[i]["b"])) for i in range(len(source))]
+
+
+def seed_problems(rationales: Sequence[Problem], max_train_digits: int, per_digit: int, seed: int,
+                  exclude: Iterable[Problem]) -> list[Problem]:
+  """All 81 one-digit problems, plus the first `per_digit` rationales-split problems of each length 2..max.
+
+  Problems in `exclude` (D and the test sets) are never taken for lengths >= 2; for one digit only 81
+  problems exist, so those necessarily overlap D and the 1-digit test set (as in the dataset itself).
+  """
+  exclude = frozenset(exclude)
+  out = arithmetic.sample_problems(1, 81, seed)
+  for n in range(2, max_train_digits + 1):
+    pool = [p for p in rationales if p.n_digits == n and p not in exclude]
+    if len(pool) < per_digit:
+      raise ValueError(f"only {len(pool)} {n}-digit problems in the rationales split outside D and the test sets; "
+                       f"star.seed_per_digit={per_digit} (raise data.rationales_per_digit)")
+    out += pool[:per_digit]
+  return out
+
+
+def seed_examples(problems: Sequence[Problem], hinted: bool = True) -> list[dict]:
+  """Full-scratchpad training records; with `hinted`, each problem also in the rationalization format."""
+  out = [{"prompt": arithmetic.prompt_text(p), "target": arithmetic.target_text(p)} for p in problems]
+  if hinted:
+    out += [{"prompt": arithmetic.hinted_prompt_text(p), "target": arithmetic.target_text(p)} for p in problems]
+  return out
+
+
+def subsample(problems: Sequence[Problem], fraction: float, seed: int, iteration: int) -> list[Problem]:
+  """The questions of one iteration: a reproducible random `fraction` of D, in D's order."""
+  if fraction >= 1:
+    return list(problems)
+  count = max(1, round(fraction * len(problems)))
+  rng = np.random.default_rng([seed, iteration, SUBSAMPLE])
+  return [problems[i] for i in sorted(rng.choice(len(problems), size=count, replace=False).tolist())]
+
+
+# ---- generate → filter → rationalize ----
+
+def trim_after_answer(text: str) -> str:
+  """The generation up to and including its answer line (the first non-empty line after '</scratch>').
+
+  Unchanged when there is no answer line. Whatever the model wrote after the answer is never trained on.
+  """
+  close = text.find(arithmetic.SCRATCH_CLOSE)
+  if close < 0:
+    return text
+  start = close + len(arithmetic.SCRATCH_CLOSE)
+  for line in text[start:].split("\n"):
+    if line.strip():
+      return text[:start + len(line)] + "\n"
+    start += len(line) + 1
+  return text
+
+
+def generation_cap(problems: Sequence[Problem], max_new_tokens: int, seq_len: int) -> int:
+  """Tokens allowed for a group of problems: the longest true target + ANSWER_MARGIN, at most
+  `max_new_tokens`, and short enough that [BOS] + plain prompt + generation + '\\n' + [EOS] fits seq_len
+  (the saved example has the plain prompt, whatever prompted the generation)."""
+  longest_target = max(len(arithmetic.target_text(p)) for p in problems)
+  longest_prompt = max(len(arithmetic.prompt_text(p)) for p in problems)
+  cap = min(longest_target + ANSWER_MARGIN, max_new_tokens, seq_len - longest_prompt - 2)
+  if cap < longest_target:
+    raise ValueError(f"generation cap {cap} (star.max_new_tokens={max_new_tokens}; train.seq_len={seq_len} minus the "
+                     f"prompt) is shorter than a {problems[0].n_digits}-digit target ({longest_target}); raise them")
+  return cap
+
+
+def generate_records(problems: Sequence[Problem], generate: Generate, rng: jax.Array, *, hint: bool,
+                     max_new_tokens: int, seq_len: int) -> list[dict]:
+  """Generate once per problem (hinted prompt if `hint`), judge with 1(ŷ = y), save with the plain prompt.
+
+  Problems go to `generate` grouped by digit length (similar prompt and output lengths, one generation
+  cap per group; the group's rng is fold_in(rng, n_digits)). Records come back in `problems`' order.
+  """
+  make_prompt = arithmetic.hinted_prompt_text if hint else arithmetic.prompt_text
+  by_length: dict[int, list[int]] = {}
+  for i, p in enumerate(problems):
+    by_length.setdefault(p.n_digits, []).append(i)
+  records: list[dict | None] = [None] * len(problems)
+  for n_digits in sorted(by_length):
+    group = [problems[i] for i in by_length[n_digits]]
+    cap = generation_cap(group, max_new_tokens, seq_len)
+    texts = generate([make_prompt(p) for p in group], cap, jax.random.fold_in(rng, n_digits))
+    if len(texts) != len(group):
+      raise ValueError(f"generator returned {len(texts)} texts for {len(group)} prompts")
+    for i, p, text in zip(by_length[n_digits], group, texts):
+      records[i] = {"a": p.a, "b": p.b, "n_digits": p.n_digits, "prompt": arithmetic.prompt_text(p),
+                    "target": trim_after_answer(text), "correct": bool(verifiers.is_correct(p, text)),
+                    "source": "rationalized" if hint else "generated"}
+  return records  # type: ignore[return-value]
+
+
+def record_problem(record: Mapping) -> Problem:
+  return Problem(int(record["a"]), int(record["b"]))
+
+
+def failures(records: Iterable[Mapping]) -> list[Problem]:
+  """The problems whose generation was wrong: what rationalization retries with a hint."""
+  return [record_problem(r) for r in records if not r["correct"]]
+
+
+def training_examples(records: Iterable[Mapping]) -> list[dict]:
+  """{"prompt", "target"} of the correct records: the examples kept for fine-tuning."""
+  return [{"prompt": r["prompt"], "target": r["target"]} for r in records if r["correct"]]
+
+
+def kept_by_digits(records: Sequence[Mapping], digit_lengths: Iterable[int]) -> dict[int, int]:
+  return {n: sum(1 for r in records if r["correct"] and r["n_digits"] == n) for n in digit_lengths}
+
+
+# ---- atomic files ----
+
+def _tmp(path: str) -> str:
+  return f"{path}.tmp.{jax.process_index()}.{os.getpid()}"
+
+
+def write_json(path: str, obj) -> None:
+  """Write JSON atomically (temporary file, then os.replace): the file exists only when complete."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(_tmp(path), "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(_tmp(path), path)
+
+
+def read_json(path: str):
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def write_jsonl(path: str, records: Iterable[Mapping]) -> None:
+  """Write JSON lines atomically."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(_tmp(path), "w", encoding="utf-8") as f:
+    for r in records:
+      f.write(json.dumps(r) + "\n")
+  os.replace(_tmp(path), path)
+
+
+def read_jsonl(path: str) -> list[dict]:
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
