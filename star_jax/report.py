@@ -11,7 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def digit_lengths(accuracy: dict[str, float]) -> list[int]:
-  return sorted(int(k[len("acc_"):-len("digit")]) for k in accuracy if k.endswith("digit"))
+  """The n of every "acc_<n>digit" key."""
+  return sorted(int(k[len("acc_"):-len("digit")]) for k in accuracy
+                if k.startswith("acc_") and k.endswith("digit") and k[len("acc_"):-len("digit")].isdigit())
 
 
 def accuracy_table(accuracy: dict[str, float], max_train_digits: int) -> str:

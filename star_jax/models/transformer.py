@@ -40,6 +40,35 @@ def _param(module: nn.Module, name: str, init, shape, axes, cfg: ModelConfig):
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, _dtype(cfg.param_dtype))
 
 
+@jax.custom_vjp
+def dense(x_MxK: jax.Array, w_KxN: jax.Array) -> jax.Array:
+  """x @ w for 2-D operands, with a backward pass laid out for XLA:CPU.
+
+  The weight gradient x^T dy contracts over the M = B*T rows. Left to autodiff, XLA:CPU materialises
+  that contraction by transposing the *wide* operand (e.g. the [M, d_ff] SwiGLU gradient) inside a slow
+  strided loop fusion. Here the narrower operand is transposed explicitly, behind an optimization
+  barrier so XLA cannot fold the transpose back into the dot, and dW is a plain row-major GEMM.
+  """
+  return jnp.dot(x_MxK, w_KxN)
+
+
+def _dense_fwd(x_MxK, w_KxN):
+  return jnp.dot(x_MxK, w_KxN), (x_MxK, w_KxN)
+
+
+def _dense_bwd(residuals, dy_MxN):
+  x_MxK, w_KxN = residuals
+  dx_MxK = jnp.dot(dy_MxN, w_KxN.T)
+  if x_MxK.shape[1] <= dy_MxN.shape[1]:
+    dw_KxN = jnp.dot(jax.lax.optimization_barrier(x_MxK.T), dy_MxN)
+  else:
+    dw_KxN = jnp.dot(jax.lax.optimization_barrier(dy_MxN.T), x_MxK).T
+  return dx_MxK, dw_KxN
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
 def rotary_embedding(x_BxTxNxDh: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
   """Rotary position embedding (Su et al. 2021, arXiv 2104.09864), HF "rotate_half" layout.
 
@@ -85,10 +114,11 @@ class Attention(nn.Module):
     wo_HxDhxD = _param(self, "o", nn.initializers.normal(stddev=(h * dh) ** -0.5 / (2 * cfg.n_layers) ** 0.5),
                        (h, dh, d), ("heads", "head_dim", "embed"), cfg)
     dtype = _dtype(cfg.dtype)
-    x = x_BxTxD.astype(dtype)
-    q_BxTxHxDh = jnp.einsum("BTD,DHE->BTHE", x, wq_DxHxDh.astype(dtype))
-    k_BxTxKxDh = jnp.einsum("BTD,DKE->BTKE", x, wk_DxKxDh.astype(dtype))
-    v_BxTxKxDh = jnp.einsum("BTD,DKE->BTKE", x, wv_DxKxDh.astype(dtype))
+    b, t = x_BxTxD.shape[:2]
+    x_MxD = x_BxTxD.reshape(b * t, d).astype(dtype)
+    q_BxTxHxDh = dense(x_MxD, wq_DxHxDh.reshape(d, h * dh).astype(dtype)).reshape(b, t, h, dh)
+    k_BxTxKxDh = dense(x_MxD, wk_DxKxDh.reshape(d, k * dh).astype(dtype)).reshape(b, t, k, dh)
+    v_BxTxKxDh = dense(x_MxD, wv_DxKxDh.reshape(d, k * dh).astype(dtype)).reshape(b, t, k, dh)
     if cfg.qkv_bias:
       zeros = nn.initializers.zeros
       q_BxTxHxDh += _param(self, "q_bias", zeros, (h, dh), ("heads", "head_dim"), cfg).astype(dtype)[None, None]
@@ -107,14 +137,13 @@ class Attention(nn.Module):
     else:
       keys_BxSxKxDh, values_BxSxKxDh = k_BxTxKxDh, v_BxTxKxDh
 
-    b, t = x.shape[:2]
     q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, k, h // k, dh) * (dh ** -0.5)
     logits_BxKxGxTxS = jnp.einsum("BTKGE,BSKE->BKGTS", q_BxTxKxGxDh, keys_BxSxKxDh).astype(jnp.float32)
     logits_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None, :, :], logits_BxKxGxTxS, _NEG_INF)
     probs_BxKxGxTxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1).astype(dtype)
     out_BxTxKxGxDh = jnp.einsum("BKGTS,BSKE->BTKGE", probs_BxKxGxTxS, values_BxSxKxDh)
-    out_BxTxHxDh = out_BxTxKxGxDh.reshape(b, t, h, dh)
-    out_BxTxD = jnp.einsum("BTHE,HED->BTD", out_BxTxHxDh, wo_HxDhxD.astype(dtype))
+    out_MxHDh = out_BxTxKxGxDh.reshape(b * t, h * dh)
+    out_BxTxD = dense(out_MxHDh, wo_HxDhxD.reshape(h * dh, d).astype(dtype)).reshape(b, t, d)
     return out_BxTxD, new_cache
 
 
@@ -132,11 +161,12 @@ class SwiGLU(nn.Module):
     w_down_FxD = _param(self, "down", nn.initializers.normal(stddev=f ** -0.5 / (2 * cfg.n_layers) ** 0.5),
                         (f, d), ("mlp", "embed"), cfg)
     dtype = _dtype(cfg.dtype)
-    x = x_BxTxD.astype(dtype)
-    gate_BxTxF = jnp.einsum("BTD,DF->BTF", x, w_gate_DxF.astype(dtype))
-    up_BxTxF = jnp.einsum("BTD,DF->BTF", x, w_up_DxF.astype(dtype))
-    hidden_BxTxF = sharding.constrain(jax.nn.silu(gate_BxTxF) * up_BxTxF, ("batch", "length", "act_mlp"))
-    return jnp.einsum("BTF,FD->BTD", hidden_BxTxF, w_down_FxD.astype(dtype))
+    b, t = x_BxTxD.shape[:2]
+    x_MxD = x_BxTxD.reshape(b * t, d).astype(dtype)
+    gate_MxF = dense(x_MxD, w_gate_DxF.astype(dtype))
+    up_MxF = dense(x_MxD, w_up_DxF.astype(dtype))
+    hidden_BxTxF = sharding.constrain((jax.nn.silu(gate_MxF) * up_MxF).reshape(b, t, f), ("batch", "length", "act_mlp"))
+    return dense(hidden_BxTxF.reshape(b * t, f), w_down_FxD.astype(dtype)).reshape(b, t, d)
 
 
 class Block(nn.Module):
