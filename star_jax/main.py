@@ -31,11 +31,17 @@ def main(argv):
   from star_jax import finetune, sharding  # noqa: PLC0415 (after flags; jax.distributed must come first)
   if _MULTIHOST.value or _COORDINATOR.value:
     sharding.initialize_multihost(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  cfg = config_lib.experiment_from_config(_CONFIG.value)
+  is_star = "star" in _CONFIG.value  # a STaR experiment: base model, then the outer loop
+  cfg = (config_lib.star_experiment_from_config if is_star else config_lib.experiment_from_config)(_CONFIG.value)
   workdir = os.path.abspath(_WORKDIR.value)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
     f.write(_CONFIG.value.to_json_best_effort(indent=2))
+  if is_star:
+    from star_jax import star  # noqa: PLC0415
+    star.run(cfg, workdir, star.make_base_model(cfg, workdir))
+    print(f"\nreport: {os.path.join(workdir, 'star_report.md')}\nplot:   {os.path.join(workdir, 'star_accuracy.png')}")
+    return
   accuracy = finetune.run(cfg, workdir)
   from star_jax import report  # noqa: PLC0415
   print("\nheld-out greedy accuracy per digit length:\n" + report.accuracy_table(accuracy, cfg.data.max_train_digits))
