@@ -58,8 +58,10 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-3000:]
 
   straight, killed = _final_params(tmp_path / "straight"), _final_params(tmp_path / "killed")
+  # Same data order, rng and optimizer state; XLA:CPU's matmul kernels may round the last bit differently
+  # in a fresh process (seen: 1.2e-7 after 16 steps), so compare to float rounding, not bit for bit.
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(killed)):
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
   results = [json.loads((tmp_path / run / "results.json").read_text())["accuracy"] for run in ("straight", "killed")]
   assert results[0] == results[1]
   # the metrics log holds every logged step once per process lifetime; the resumed run logged the tail

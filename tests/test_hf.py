@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="the [hf] extra (installed by `make test`)")
-transformers = pytest.importorskip("transformers")
+import torch  # noqa: E402  (the [hf] extra; `make test` installs it, so a missing torch fails loudly)
+import transformers  # noqa: E402
 
 from star_jax import models, sampling, sharding  # noqa: E402
 from star_jax.data import HFTokenizer  # noqa: E402

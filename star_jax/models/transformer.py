@@ -4,11 +4,15 @@ Token embedding -> n_layers x [RMSNorm -> grouped-query attention with rotary po
 RMSNorm -> SwiGLU MLP -> residual] -> RMSNorm -> vocabulary projection (optionally tied).
 
 Shapes: B batch, T query length, S key length (T, or the KV-cache length), D d_model, H query heads,
-K key/value heads, G = H // K queries per kv head, Dh head_dim, F d_ff, V vocab.
+K key/value heads, G = H // K queries per kv head, Dh head_dim, F d_ff, V vocab, M = B*T flattened rows.
 
 Parameters carry logical axis names (`vocab`, `embed`, `heads`, `kv_heads`, `head_dim`, `mlp`) and
 activations are constrained with logical names (`batch`, `length`, `act_embed`, ...); sharding.py maps
 both onto mesh axes. The module contains no mesh code.
+
+Performance (XLA:CPU, see benchmarks/RESULTS.md): projections run as 2-D matmuls on [M, D] rows; the
+SwiGLU MLP and the attention core have hand-written backward passes (`swiglu`, `attention_core`) that
+save only what they need and lay out every weight-gradient contraction as a plain row-major GEMM.
 """
 
 from __future__ import annotations
@@ -40,33 +44,127 @@ def _param(module: nn.Module, name: str, init, shape, axes, cfg: ModelConfig):
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, _dtype(cfg.param_dtype))
 
 
+# ---- matmuls with XLA:CPU-friendly backward passes ----
+
+def _after(x_MxK: jax.Array, cotangent_MxN: jax.Array) -> jax.Array:
+  """x, made data-dependent on the backward pass's cotangent (row by row, so no collective is needed).
+
+  XLA:CPU hoists backward-pass work that depends only on forward values (recomputed activations,
+  transposed inputs) into the forward pass, where it stays alive as extra residuals in the step's
+  temporary buffer, which is freshly page-faulted every step. The dependency keeps that work in the
+  backward pass; optimization barriers do not, as XLA:CPU removes them before scheduling. Exact for
+  finite cotangents: XLA does not fold x * 0 for floats.
+  """
+  return x_MxK + 0.0 * cotangent_MxN[..., :1].astype(x_MxK.dtype)
+
+
+def _matmul_tn(a_MxK: jax.Array, b_MxN: jax.Array) -> jax.Array:
+  """a^T b ([K, N]), contracting the M rows of both operands.
+
+  Left to itself XLA:CPU transposes the *wider* operand for this contraction, inside a slow strided loop
+  fusion (e.g. the [M, d_ff] SwiGLU gradient: ~90 ms of a 1.7 s step per layer). Here the narrower
+  operand is transposed explicitly, behind an optimization barrier so XLA cannot fold the transpose back
+  into the dot, which leaves a plain row-major GEMM.
+  """
+  if a_MxK.shape[1] <= b_MxN.shape[1]:
+    return jnp.dot(jax.lax.optimization_barrier(_after(a_MxK, b_MxN).T), b_MxN)
+  return jax.lax.optimization_barrier(jnp.dot(jax.lax.optimization_barrier(b_MxN.T), _after(a_MxK, b_MxN))).T
+
+
 @jax.custom_vjp
 def dense(x_MxK: jax.Array, w_KxN: jax.Array) -> jax.Array:
-  """x @ w for 2-D operands, with a backward pass laid out for XLA:CPU.
-
-  The weight gradient x^T dy contracts over the M = B*T rows. Left to autodiff, XLA:CPU materialises
-  that contraction by transposing the *wide* operand (e.g. the [M, d_ff] SwiGLU gradient) inside a slow
-  strided loop fusion. Here the narrower operand is transposed explicitly, behind an optimization
-  barrier so XLA cannot fold the transpose back into the dot, and dW is a plain row-major GEMM.
-  """
+  """x @ w on flattened rows; the weight gradient uses `_matmul_tn`."""
   return jnp.dot(x_MxK, w_KxN)
 
 
-def _dense_fwd(x_MxK, w_KxN):
-  return jnp.dot(x_MxK, w_KxN), (x_MxK, w_KxN)
+dense.defvjp(lambda x_MxK, w_KxN: (jnp.dot(x_MxK, w_KxN), (x_MxK, w_KxN)),
+             lambda res, dy_MxN: (jnp.dot(dy_MxN, res[1].T), _matmul_tn(res[0], dy_MxN)))
 
 
-def _dense_bwd(residuals, dy_MxN):
-  x_MxK, w_KxN = residuals
-  dx_MxK = jnp.dot(dy_MxN, w_KxN.T)
-  if x_MxK.shape[1] <= dy_MxN.shape[1]:
-    dw_KxN = jnp.dot(jax.lax.optimization_barrier(x_MxK.T), dy_MxN)
-  else:
-    dw_KxN = jnp.dot(jax.lax.optimization_barrier(dy_MxN.T), x_MxK).T
-  return dx_MxK, dw_KxN
+@jax.custom_vjp
+def swiglu(x_MxD, w_gate_DxF, w_up_DxF, w_down_FxD):
+  """down(silu(x gate) * (x up)) (Shazeer 2020, arXiv 2002.05202) on flattened rows.
+
+  The backward pass saves only x, gate and up (silu and the hidden product are recomputed in the same
+  elementwise pass that forms their gradients), which keeps the step's temporary memory, and with it
+  the per-step page faults of XLA:CPU's freshly mapped temp buffer, small.
+  """
+  return _swiglu_fwd(x_MxD, w_gate_DxF, w_up_DxF, w_down_FxD)[0]
 
 
-dense.defvjp(_dense_fwd, _dense_bwd)
+def _swiglu_fwd(x_MxD, w_gate_DxF, w_up_DxF, w_down_FxD):
+  gate_MxF, up_MxF = jnp.dot(x_MxD, w_gate_DxF), jnp.dot(x_MxD, w_up_DxF)
+  hidden_MxF = sharding.constrain(jax.nn.silu(gate_MxF) * up_MxF, ("batch", "act_mlp"))
+  return jnp.dot(hidden_MxF, w_down_FxD), (x_MxD, gate_MxF, up_MxF, w_gate_DxF, w_up_DxF, w_down_FxD)
+
+
+def _swiglu_bwd(residuals, dout_MxD):
+  x_MxD, gate_MxF, up_MxF, w_gate_DxF, w_up_DxF, w_down_FxD = residuals
+  x_MxD, gate_MxF, up_MxF = (_after(a, dout_MxD) for a in (x_MxD, gate_MxF, up_MxF))
+  # sigmoid via tanh: a different expression from the forward's jax.nn.silu, so that XLA does not CSE
+  # the two and keep the forward's sigmoid and silu alive (as extra [M, F] buffers) until here.
+  sigmoid_MxF = 0.5 * jnp.tanh(0.5 * gate_MxF) + 0.5
+  silu_MxF = gate_MxF * sigmoid_MxF
+  dhidden_MxF = jnp.dot(dout_MxD, w_down_FxD.T)
+  dgate_MxF = dhidden_MxF * up_MxF * (sigmoid_MxF + silu_MxF * (1 - sigmoid_MxF))
+  dup_MxF = dhidden_MxF * silu_MxF
+  dx_MxD = jnp.dot(dgate_MxF, w_gate_DxF.T) + jnp.dot(dup_MxF, w_up_DxF.T)
+  x_DxM = jax.lax.optimization_barrier(x_MxD.T)  # shared by both weight gradients, see _matmul_tn
+  return (dx_MxD, jnp.dot(x_DxM, dgate_MxF), jnp.dot(x_DxM, dup_MxF), _matmul_tn(silu_MxF * up_MxF, dout_MxD))
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
+@jax.custom_vjp
+def attention_core(q_BxKxQxDh, k_BxKxSxDh, v_BxKxSxDh, bias_Bx1xTxS):
+  """softmax(q k^T + bias) v per kv head, with the G query heads of a kv head stacked as Q = G*T rows.
+
+  4-D batched matmuls in [B, K, ., Dh] layout; the softmax is in float32. The backward pass saves the
+  probabilities (not the masked logits) and forms dS = P * (dP - rowsum(P * dP)) in one pass.
+  """
+  return _attention_fwd(q_BxKxQxDh, k_BxKxSxDh, v_BxKxSxDh, bias_Bx1xTxS)[0]
+
+
+def _attention_fwd(q_BxKxQxDh, k_BxKxSxDh, v_BxKxSxDh, bias_Bx1xTxS):
+  b, k, q_len, s = *q_BxKxQxDh.shape[:3], k_BxKxSxDh.shape[2]
+  logits_BxKxQxS = jnp.einsum("BKQE,BKSE->BKQS", q_BxKxQxDh, k_BxKxSxDh).astype(jnp.float32)
+  logits_BxKxGxTxS = logits_BxKxQxS.reshape(b, k, -1, bias_Bx1xTxS.shape[2], s) + bias_Bx1xTxS[:, :, None]
+  probs_BxKxQxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1).reshape(b, k, q_len, s).astype(v_BxKxSxDh.dtype)
+  out_BxKxQxDh = jnp.einsum("BKQS,BKSE->BKQE", probs_BxKxQxS, v_BxKxSxDh)
+  return out_BxKxQxDh, (q_BxKxQxDh, k_BxKxSxDh, v_BxKxSxDh, probs_BxKxQxS, bias_Bx1xTxS)
+
+
+def _attention_bwd(residuals, dout_BxKxQxDh):
+  q_BxKxQxDh, k_BxKxSxDh, v_BxKxSxDh, probs_BxKxQxS, bias_Bx1xTxS = residuals
+  dprobs_BxKxQxS = jnp.einsum("BKQE,BKSE->BKQS", dout_BxKxQxDh, v_BxKxSxDh).astype(jnp.float32)
+  probs = probs_BxKxQxS.astype(jnp.float32)
+  dlogits_BxKxQxS = (probs * (dprobs_BxKxQxS - jnp.sum(probs * dprobs_BxKxQxS, -1, keepdims=True))
+                     ).astype(q_BxKxQxDh.dtype)
+  dq_BxKxQxDh = jnp.einsum("BKQS,BKSE->BKQE", dlogits_BxKxQxS, k_BxKxSxDh)
+  dk_BxKxSxDh = jnp.einsum("BKQS,BKQE->BKSE", dlogits_BxKxQxS, q_BxKxQxDh)
+  dv_BxKxSxDh = jnp.einsum("BKQS,BKQE->BKSE", probs_BxKxQxS, dout_BxKxQxDh)
+  return dq_BxKxQxDh, dk_BxKxSxDh, dv_BxKxSxDh, jnp.zeros_like(bias_Bx1xTxS)
+
+
+attention_core.defvjp(_attention_fwd, _attention_bwd)
+
+
+# ---- layers ----
+
+def rotary_angles(positions_BxT: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+  """(cos, sin) [B, T, 1, Dh] of the rotary angles p * w, w_i = theta^(-2i / Dh), both halves repeated."""
+  inv_freq_F = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  angles_BxTxF = positions_BxT.astype(jnp.float32)[:, :, None] * inv_freq_F[None, None, :]
+  angles_BxTx1xDh = jnp.concatenate([angles_BxTxF, angles_BxTxF], axis=-1)[:, :, None, :]
+  return jnp.cos(angles_BxTx1xDh), jnp.sin(angles_BxTx1xDh)
+
+
+def apply_rotary(x_BxTxNxDh: jax.Array, cos_BxTx1xDh: jax.Array, sin_BxTx1xDh: jax.Array) -> jax.Array:
+  x = x_BxTxNxDh.astype(jnp.float32)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return (x * cos_BxTx1xDh + rotated * sin_BxTx1xDh).astype(x_BxTxNxDh.dtype)
 
 
 def rotary_embedding(x_BxTxNxDh: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
@@ -75,15 +173,7 @@ def rotary_embedding(x_BxTxNxDh: jax.Array, positions_BxT: jax.Array, theta: flo
   x' = x * cos(p * w) + rotate_half(x) * sin(p * w), with w_i = theta^(-2i / Dh) for i < Dh/2 and the
   two halves of the head dimension forming the rotated pairs (matches Llama/Qwen2 in transformers).
   """
-  head_dim = x_BxTxNxDh.shape[-1]
-  inv_freq_F = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-  angles_BxTxF = positions_BxT.astype(jnp.float32)[:, :, None] * inv_freq_F[None, None, :]
-  angles_BxTx1xDh = jnp.concatenate([angles_BxTxF, angles_BxTxF], axis=-1)[:, :, None, :]
-  x = x_BxTxNxDh.astype(jnp.float32)
-  x1, x2 = jnp.split(x, 2, axis=-1)
-  rotated = jnp.concatenate([-x2, x1], axis=-1)
-  out = x * jnp.cos(angles_BxTx1xDh) + rotated * jnp.sin(angles_BxTx1xDh)
-  return out.astype(x_BxTxNxDh.dtype)
+  return apply_rotary(x_BxTxNxDh, *rotary_angles(positions_BxT, x_BxTxNxDh.shape[-1], theta))
 
 
 class RMSNorm(nn.Module):
@@ -103,7 +193,7 @@ class Attention(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache: LayerCache | None = None,
+  def __call__(self, x_BxTxD, rotary, bias_Bx1xTxS, cache: LayerCache | None = None,
                cache_index: jax.Array | None = None):
     cfg = self.cfg
     d, h, k, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -116,16 +206,18 @@ class Attention(nn.Module):
     dtype = _dtype(cfg.dtype)
     b, t = x_BxTxD.shape[:2]
     x_MxD = x_BxTxD.reshape(b * t, d).astype(dtype)
-    q_BxTxHxDh = dense(x_MxD, wq_DxHxDh.reshape(d, h * dh).astype(dtype)).reshape(b, t, h, dh)
-    k_BxTxKxDh = dense(x_MxD, wk_DxKxDh.reshape(d, k * dh).astype(dtype)).reshape(b, t, k, dh)
-    v_BxTxKxDh = dense(x_MxD, wv_DxKxDh.reshape(d, k * dh).astype(dtype)).reshape(b, t, k, dh)
+    w_qkv_DxN = jnp.concatenate([w.reshape(d, -1) for w in (wq_DxHxDh, wk_DxKxDh, wv_DxKxDh)], axis=1)
+    qkv_MxN = dense(x_MxD, w_qkv_DxN.astype(dtype))
+    q_MxHDh, k_MxKDh, v_MxKDh = jnp.split(qkv_MxN, [h * dh, (h + k) * dh], axis=1)  # backward: one concatenate
+    q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh = (q_MxHDh.reshape(b, t, h, dh), k_MxKDh.reshape(b, t, k, dh),
+                                          v_MxKDh.reshape(b, t, k, dh))
     if cfg.qkv_bias:
       zeros = nn.initializers.zeros
       q_BxTxHxDh += _param(self, "q_bias", zeros, (h, dh), ("heads", "head_dim"), cfg).astype(dtype)[None, None]
       k_BxTxKxDh += _param(self, "k_bias", zeros, (k, dh), ("kv_heads", "head_dim"), cfg).astype(dtype)[None, None]
       v_BxTxKxDh += _param(self, "v_bias", zeros, (k, dh), ("kv_heads", "head_dim"), cfg).astype(dtype)[None, None]
-    q_BxTxHxDh = rotary_embedding(q_BxTxHxDh, positions_BxT, cfg.rope_theta)
-    k_BxTxKxDh = rotary_embedding(k_BxTxKxDh, positions_BxT, cfg.rope_theta)
+    q_BxTxHxDh = apply_rotary(q_BxTxHxDh, *rotary) * jnp.asarray(dh ** -0.5, dtype)
+    k_BxTxKxDh = apply_rotary(k_BxTxKxDh, *rotary)
 
     new_cache = None
     if cache is not None:
@@ -137,12 +229,10 @@ class Attention(nn.Module):
     else:
       keys_BxSxKxDh, values_BxSxKxDh = k_BxTxKxDh, v_BxTxKxDh
 
-    q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, k, h // k, dh) * (dh ** -0.5)
-    logits_BxKxGxTxS = jnp.einsum("BTKGE,BSKE->BKGTS", q_BxTxKxGxDh, keys_BxSxKxDh).astype(jnp.float32)
-    logits_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None, :, :], logits_BxKxGxTxS, _NEG_INF)
-    probs_BxKxGxTxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1).astype(dtype)
-    out_BxTxKxGxDh = jnp.einsum("BKGTS,BSKE->BTKGE", probs_BxKxGxTxS, values_BxSxKxDh)
-    out_MxHDh = out_BxTxKxGxDh.reshape(b * t, h * dh)
+    q_BxKxQxDh = q_BxTxHxDh.reshape(b, t, k, h // k, dh).transpose(0, 2, 3, 1, 4).reshape(b, k, h // k * t, dh)
+    out_BxKxQxDh = attention_core(q_BxKxQxDh, keys_BxSxKxDh.transpose(0, 2, 1, 3),
+                                  values_BxSxKxDh.transpose(0, 2, 1, 3), bias_Bx1xTxS)
+    out_MxHDh = out_BxKxQxDh.reshape(b, k, h // k, t, dh).transpose(0, 3, 1, 2, 4).reshape(b * t, h * dh)
     out_BxTxD = dense(out_MxHDh, wo_HxDhxD.reshape(h * dh, d).astype(dtype)).reshape(b, t, d)
     return out_BxTxD, new_cache
 
@@ -162,20 +252,18 @@ class SwiGLU(nn.Module):
                         (f, d), ("mlp", "embed"), cfg)
     dtype = _dtype(cfg.dtype)
     b, t = x_BxTxD.shape[:2]
-    x_MxD = x_BxTxD.reshape(b * t, d).astype(dtype)
-    gate_MxF = dense(x_MxD, w_gate_DxF.astype(dtype))
-    up_MxF = dense(x_MxD, w_up_DxF.astype(dtype))
-    hidden_BxTxF = sharding.constrain((jax.nn.silu(gate_MxF) * up_MxF).reshape(b, t, f), ("batch", "length", "act_mlp"))
-    return dense(hidden_BxTxF.reshape(b * t, f), w_down_FxD.astype(dtype)).reshape(b, t, d)
+    out_MxD = swiglu(x_BxTxD.reshape(b * t, d).astype(dtype), w_gate_DxF.astype(dtype), w_up_DxF.astype(dtype),
+                     w_down_FxD.astype(dtype))
+    return out_MxD.reshape(b, t, d)
 
 
 class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache=None, cache_index=None):
+  def __call__(self, x_BxTxD, rotary, bias_Bx1xTxS, cache=None, cache_index=None):
     attn_out_BxTxD, new_cache = Attention(self.cfg, name="attn")(
-        RMSNorm(self.cfg, name="attn_norm")(x_BxTxD), positions_BxT, mask_BxTxS, cache, cache_index)
+        RMSNorm(self.cfg, name="attn_norm")(x_BxTxD), rotary, bias_Bx1xTxS, cache, cache_index)
     x_BxTxD = x_BxTxD + attn_out_BxTxD
     x_BxTxD = x_BxTxD + SwiGLU(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_BxTxD))
     return sharding.constrain(x_BxTxD, ("batch", "length", "act_embed")), new_cache
@@ -193,10 +281,13 @@ class Transformer(nn.Module):
                            (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg)
     x_BxTxD = jnp.take(embedding_VxD, tokens_BxT, axis=0).astype(_dtype(cfg.dtype))
     x_BxTxD = sharding.constrain(x_BxTxD, ("batch", "length", "act_embed"))
+    # Shared by every layer: rotary cos/sin and the mask as an additive float32 bias (0 or -1e30).
+    rotary = rotary_angles(positions_BxT, cfg.head_dim, cfg.rope_theta)
+    bias_Bx1xTxS = jnp.where(mask_BxTxS, 0.0, _NEG_INF).astype(jnp.float32)[:, None]
     new_caches = []
     for i in range(cfg.n_layers):
       layer_cache = None if caches is None else caches[i]
-      x_BxTxD, new_cache = Block(cfg, name=f"layer_{i}")(x_BxTxD, positions_BxT, mask_BxTxS, layer_cache, cache_index)
+      x_BxTxD, new_cache = Block(cfg, name=f"layer_{i}")(x_BxTxD, rotary, bias_Bx1xTxS, layer_cache, cache_index)
       new_caches.append(new_cache)
     hidden_BxTxD = RMSNorm(cfg, name="final_norm")(x_BxTxD)
     if cfg.tie_embeddings:
@@ -204,6 +295,7 @@ class Transformer(nn.Module):
     else:
       w_out_DxV = _param(self, "lm_head", nn.initializers.normal(stddev=cfg.d_model ** -0.5),
                          (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg)
-    logits_BxTxV = jnp.einsum("BTD,DV->BTV", hidden_BxTxD, w_out_DxV.astype(hidden_BxTxD.dtype))
-    logits_BxTxV = sharding.constrain(logits_BxTxV.astype(jnp.float32), ("batch", "length", "act_vocab"))
+    b, t, d = hidden_BxTxD.shape
+    logits_MxV = dense(hidden_BxTxD.reshape(b * t, d), w_out_DxV.astype(hidden_BxTxD.dtype))
+    logits_BxTxV = sharding.constrain(logits_MxV.reshape(b, t, -1).astype(jnp.float32), ("batch", "length", "act_vocab"))
     return logits_BxTxV, hidden_BxTxD, (None if caches is None else tuple(new_caches))
