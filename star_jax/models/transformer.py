@@ -118,11 +118,10 @@ swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
 
 @jax.custom_vjp
 def attention_core(q_BxKxQxDh, k_BxKxSxDh, v_BxKxSxDh, bias_Bx1xTxS):
-  """softmax(q k^T + bias) v per kv head, with the G query heads of a kv head stacked as Q = G*T rows.
+  """softmax(q k^T + bias) v per kv head, the G query heads of a kv head stacked as Q = G*T rows.
 
-  4-D batched matmuls in [B, K, ., Dh] layout; the softmax is in float32. The backward pass saves the
-  probabilities (not the masked logits) and forms dS = P * (dP - rowsum(P * dP)) in one pass.
-  """
+  4-D batched matmuls, float32 softmax; the backward pass saves the probabilities (not the masked
+  logits) and forms dS = P * (dP - rowsum(P * dP)) in one elementwise pass."""
   return _attention_fwd(q_BxKxQxDh, k_BxKxSxDh, v_BxKxSxDh, bias_Bx1xTxS)[0]
 
 
