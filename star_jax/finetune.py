@@ -15,16 +15,12 @@ import jax
 from absl import logging
 
 from star_jax import checkpoint, evaluate, metrics, report, sharding, train
-from star_jax.config import ExperimentConfig
+from star_jax.config import DataConfig, ExperimentConfig
 from star_jax.data import CharTokenizer, build_arithmetic, make_eval_problems, make_train_dataset
 
 
-def run(cfg: ExperimentConfig, workdir: str) -> dict[str, float]:
-  """Train cfg.model on the rationales split, evaluate on test_<n>digit splits; returns the accuracies.
-
-  Re-running the same command after a crash resumes from the last checkpoint (state, rng and data
-  position) and produces the same final parameters as an uninterrupted run.
-  """
+def tokenizer_and_mesh(cfg: ExperimentConfig):
+  """The character tokenizer and the device mesh, after checking the config fits both."""
   tokenizer = CharTokenizer()
   if cfg.model.vocab_size != tokenizer.vocab_size:
     raise ValueError(f"config.model.vocab_size must equal the tokenizer's {tokenizer.vocab_size}, "
@@ -34,14 +30,27 @@ def run(cfg: ExperimentConfig, workdir: str) -> dict[str, float]:
     raise ValueError(f"config.train.batch_size={cfg.train.batch_size} must be a multiple of the mesh's "
                      f"data x fsdp size {sharding.batch_divisor(mesh)} and the process count {jax.process_count()}")
   logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count())
+  return tokenizer, mesh
+
+
+def build_dataset(d: DataConfig, workdir: str):
+  """The arithmetic TFDS builder for config.data (generated once under data_dir or <workdir>/data)."""
+  return build_arithmetic(d.data_dir or os.path.join(workdir, "data"), max_train_digits=d.max_train_digits,
+                          max_test_digits=d.max_test_digits, rationales_per_digit=d.rationales_per_digit,
+                          questions_per_digit=d.questions_per_digit, test_per_digit=d.test_per_digit, seed=d.seed)
+
+
+def run(cfg: ExperimentConfig, workdir: str) -> dict[str, float]:
+  """Train cfg.model on the rationales split, evaluate on test_<n>digit splits; returns the accuracies.
+
+  Re-running the same command after a crash resumes from the last checkpoint (state, rng and data
+  position) and produces the same final parameters as an uninterrupted run.
+  """
+  tokenizer, mesh = tokenizer_and_mesh(cfg)
 
   timings = {}
   t0 = time.perf_counter()
-  builder = build_arithmetic(
-      cfg.data.data_dir or os.path.join(workdir, "data"), max_train_digits=cfg.data.max_train_digits,
-      max_test_digits=cfg.data.max_test_digits, rationales_per_digit=cfg.data.rationales_per_digit,
-      questions_per_digit=cfg.data.questions_per_digit, test_per_digit=cfg.data.test_per_digit,
-      seed=cfg.data.seed)
+  builder = build_dataset(cfg.data, workdir)
   timings["data_seconds"] = time.perf_counter() - t0
   batches = iter(make_train_dataset(builder.as_data_source("rationales"), tokenizer,
                                     batch_size=cfg.train.batch_size // jax.process_count(),

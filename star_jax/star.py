@@ -38,10 +38,10 @@ from typing import Any
 import jax
 from absl import logging
 
-from star_jax import checkpoint, evaluate, metrics, sampling, sharding, star_report, train
+from star_jax import checkpoint, evaluate, finetune, metrics, sampling, sharding, star_report, train
 from star_jax import star_data as sd
 from star_jax.config import StarExperimentConfig
-from star_jax.data import CharTokenizer, build_arithmetic, make_eval_problems, make_train_dataset
+from star_jax.data import CharTokenizer, make_eval_problems, make_train_dataset
 
 
 @dataclasses.dataclass
@@ -62,18 +62,9 @@ class _Context:
 def _setup(cfg: StarExperimentConfig, workdir: str) -> _Context:
   if not isinstance(cfg, StarExperimentConfig):
     raise TypeError(f"STaR needs a StarExperimentConfig (config.star_experiment_from_config), got {type(cfg).__name__}")
-  tokenizer = CharTokenizer()
-  if cfg.model.vocab_size != tokenizer.vocab_size:
-    raise ValueError(f"config.model.vocab_size must equal the tokenizer's {tokenizer.vocab_size}, "
-                     f"got {cfg.model.vocab_size}")
-  mesh = sharding.make_mesh(cfg.mesh.axes)
-  if cfg.train.batch_size % (sharding.batch_divisor(mesh) * jax.process_count()):
-    raise ValueError(f"config.train.batch_size={cfg.train.batch_size} must be a multiple of the mesh's "
-                     f"data x fsdp size {sharding.batch_divisor(mesh)} and the process count {jax.process_count()}")
+  tokenizer, mesh = finetune.tokenizer_and_mesh(cfg)
   d = cfg.data
-  builder = build_arithmetic(d.data_dir or os.path.join(workdir, "data"), max_train_digits=d.max_train_digits,
-                             max_test_digits=d.max_test_digits, rationales_per_digit=d.rationales_per_digit,
-                             questions_per_digit=d.questions_per_digit, test_per_digit=d.test_per_digit, seed=d.seed)
+  builder = finetune.build_dataset(d, workdir)
   questions = sd.problems_from_source(builder.as_data_source("questions"))
   tests = {n: make_eval_problems(builder.as_data_source(f"test_{n}digit")) for n in range(1, d.max_test_digits + 1)}
   ctx = _Context(cfg, None, os.path.abspath(workdir), mesh, tokenizer, builder, questions, tests)
