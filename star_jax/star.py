@@ -143,9 +143,11 @@ def load_iteration_params(cfg: StarExperimentConfig, workdir: str, iteration: in
 def make_base_model(cfg: StarExperimentConfig, workdir: str):
   """Train (or load the cached) base model M in `<workdir>/base/` on the seed examples; returns params.
 
-  Seed examples: all 81 one-digit problems plus `star.seed_per_digit` problems per length
-  2..max_train_digits from the rationales split (disjoint from D and the test sets), each with its full
-  scratchpad, once with the plain prompt and once with the hinted prompt (so that rationalization has a
+  Seed examples: all 81 one-digit problems, `star.seed_per_digit` problems per length
+  2..max_train_digits from the rationales split (disjoint from D and the test sets), and (with
+  `star.carry_fact_digits`) the few 2..carry_fact_digits-digit problems of that split that show every
+  single-digit fact with a carry in (star_data.carry_fact_problems), each with its full scratchpad,
+  once with the plain prompt and once with the hinted prompt (so that rationalization has a
   format to follow). Never trained on a rationale of a question in D or a test set of >= 2 digits.
   """
   ctx = _setup(cfg, workdir)
@@ -172,6 +174,9 @@ def _seed_examples(ctx: _Context) -> list[dict]:
   exclude = set(ctx.questions).union(*ctx.tests.values())
   problems = sd.seed_problems(rationales, cfg.data.max_train_digits, cfg.star.seed_per_digit,
                               sd.phase_seed(cfg.star.seed, 0, sd.SUBSAMPLE), exclude)
+  if cfg.star.carry_fact_digits:
+    chosen = set(problems)
+    problems += [p for p in sd.carry_fact_problems(rationales, cfg.star.carry_fact_digits, exclude) if p not in chosen]
   return sd.seed_examples(problems, hinted=True)
 
 

@@ -81,6 +81,36 @@ def seed_problems(rationales: Sequence[Problem], max_train_digits: int, per_digi
   return out
 
 
+def addition_facts(p: Problem) -> set[tuple[int, int, int]]:
+  """The single-digit facts (x, y, carry_in) that p's scratchpad works through, one per digit pair."""
+  facts, carry = set(), 0
+  for i in range(p.n_digits):
+    x, y = p.a // 10**i % 10, p.b // 10**i % 10
+    facts.add((x, y, carry))
+    carry = (x + y + carry) // 10
+  return facts
+
+
+def carry_fact_problems(rationales: Sequence[Problem], max_digits: int, exclude: Iterable[Problem]) -> list[Problem]:
+  """Few rationales-split problems of 2..max_digits digits whose scratchpads show every fact x + y + c.
+
+  The 81 one-digit problems teach x + y with no carry in; a scratchpad line of a longer problem also adds
+  the carry of the pair before. Greedy set cover over the pool (most new facts first, shorter problems
+  and pool order breaking ties) until all 200 facts (x, y in 0..9, c in {0, 1}) that the pool can show
+  are shown: about a hundred 2-3 digit problems, disjoint from `exclude` (D and the test sets).
+  """
+  exclude = frozenset(exclude)
+  pool = [p for p in rationales if 2 <= p.n_digits <= max_digits and p not in exclude]
+  facts = [addition_facts(p) for p in pool]
+  missing = set().union(*facts) if facts else set()
+  chosen: list[Problem] = []
+  while missing:
+    best = max(range(len(pool)), key=lambda i: (len(facts[i] & missing), -pool[i].n_digits, -i))
+    chosen.append(pool[best])
+    missing -= facts[best]
+  return chosen
+
+
 def seed_examples(problems: Sequence[Problem], hinted: bool = True) -> list[dict]:
   """Full-scratchpad training records; with `hinted`, each problem also in the rationalization format."""
   out = [{"prompt": arithmetic.prompt_text(p), "target": arithmetic.target_text(p)} for p in problems]

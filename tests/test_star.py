@@ -340,3 +340,25 @@ def test_killed_run_resumes_to_the_uninterrupted_result(straight, data_dir, tmp_
     mp.setattr(star, "fine_tune", None)
     again = star.run(cfg, str(workdir), None, generator=None)
   assert [_no_seconds(r) for r in again] == [_no_seconds(r) for r in records]
+
+
+def test_addition_facts_follow_the_scratchpad_carries():
+  # 47 + 85: 7 + 5 (carry in 0) = 12, then 4 + 8 + 1.
+  assert star_data.addition_facts(Problem(47, 85)) == {(7, 5, 0), (4, 8, 1)}
+  assert star_data.addition_facts(Problem(152, 702)) == {(2, 2, 0), (5, 0, 0), (1, 7, 0)}
+  assert star_data.addition_facts(Problem(995, 16)) == {(5, 6, 0), (9, 1, 1), (9, 0, 1)}
+
+
+def test_carry_fact_problems_cover_every_fact_the_pool_shows_and_skip_held_out():
+  pool = arithmetic.sample_problems(2, 1000, seed=3) + arithmetic.sample_problems(3, 1000, seed=4)
+  held_out = set(pool[:50])
+  chosen = star_data.carry_fact_problems(pool, 2, held_out)
+  shown = set().union(*(star_data.addition_facts(p) for p in pool[50:1000]))
+  assert set().union(*(star_data.addition_facts(p) for p in chosen)) == shown
+  assert {(x, y, 0) for x in range(10) for y in range(10)} <= shown and len(shown) > 170  # 181 at most
+  assert all(p.n_digits == 2 and p not in held_out for p in chosen)
+  assert len(chosen) == len(set(chosen)) < len(shown)  # every chosen problem added a new fact
+  with_3 = star_data.carry_fact_problems(pool, 3, held_out)
+  shown_3 = set().union(*(star_data.addition_facts(p) for p in pool[50:]))
+  assert set().union(*(star_data.addition_facts(p) for p in with_3)) == shown_3
+  assert (0, 5, 1) in shown_3 - shown  # a middle digit can be 0 under a carry

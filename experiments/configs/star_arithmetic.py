@@ -35,7 +35,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.data_dir = ""  # TFDS data dir; "" = <workdir>/data
   c.data.max_train_digits = 5  # D has questions with 1..5-digit operands
   c.data.max_test_digits = 8  # held-out 1..8 digits (6-8: length generalisation)
-  c.data.rationales_per_digit = 10  # pool of the seed scratchpads (>= star.seed_per_digit); disjoint from D and tests
+  c.data.rationales_per_digit = 1000  # pool of the seed scratchpads and carry facts; disjoint from D and tests
   c.data.questions_per_digit = 2_000  # STaR's dataset D per length (1 digit: all 81), answers only
   c.data.test_per_digit = 100  # held-out problems per length
   c.data.pack = True  # pack examples into rows with per-example attention
@@ -80,7 +80,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.star.generate_batch_size = 256  # prompts decoded together while generating
   c.star.mix_seed = False  # also fine-tune on the seed examples (not in Algorithm 1)
   c.star.seed_per_digit = 10  # base model: scratchpads per length 2..5, plus all 81 one-digit problems
-  c.star.seed_steps = 1000  # base model: training steps on the seed examples (plain + hinted prompts)
+  c.star.carry_fact_digits = 2  # base model: + the ~120 2-digit split problems showing every x + y + carry fact
+  c.star.seed_steps = 500  # base model: training steps on the seed examples (plain + hinted prompts)
   c.star.seed = 0  # every rng of the loop derives from (seed, iteration, phase)
   # few-shot prompting is not implemented: the base model is fine-tuned on the seed examples instead.
 
@@ -95,6 +96,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.star.iterations, c.star.base_steps = 2, 6
     c.star.max_new_tokens, c.star.generate_batch_size = 128, 8  # = eval's: one sampler compilation
     c.star.seed_per_digit, c.star.seed_steps = 4, 6  # = base_steps: the base shares one train-step compilation
+    c.star.carry_fact_digits = 0  # (tested on its own in tests/test_star.py)
   elif arg:
     raise ValueError(f"unknown config variant {arg!r}; use '' or 'tiny'")
   return c
@@ -106,5 +108,6 @@ SWEEPS = {
     "restart_from_base": [{"star.restart_from_base": True}, {"star.restart_from_base": False}],
     "temperature": [{"star.temperature": t} for t in (0.0, 0.5, 1.0)],
     "fraction_of_D": [{"star.fraction_of_D": f} for f in (0.25, 0.5, 1.0)],
-    "seed_per_digit": [{"star.seed_per_digit": k, "data.rationales_per_digit": k} for k in (5, 10, 50)],
+    "seed_per_digit": [{"star.seed_per_digit": k} for k in (5, 10, 50)],
+    "carry_facts": [{"star.carry_fact_digits": 2}, {"star.carry_fact_digits": 0}],
 }
