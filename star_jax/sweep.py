@@ -1,0 +1,389 @@
+"""Ablation sweeps of the STaR loop: run a named list of config overrides, then compare their final metrics.
+
+    python -m star_jax.sweep --config=experiments/configs/star_arithmetic.py[:variant] --sweep=<name> \
+        --workdir=runs/sweeps/<name> [--config.star.iterations=3 ...] [--member=<i>] [--collect] [--base_only]
+
+`--config=path.py[:variant]` is loaded exactly as by star_jax.main (`variant` goes to get_config, e.g. `tiny`);
+`--sweep` names an entry of the module-level `SWEEPS` dict of that same file: a list of override sets
+`{dotted key: value}`. Command-line overrides (`--config.star.iterations=3`) apply to every member, then
+each member's own overrides on top (an unknown key is an error naming the key and the member).
+
+Each member gets its own workdir `<workdir>/<name>`, the name written from its overrides
+(`star.rationalize=False`, several joined by `,`), and runs `star.run` there: resumable, and skipped
+altogether once `star_metrics.jsonl` records every iteration (a re-run does no work). All members share
+the generated data (`<workdir>/data`) and, unless their overrides change what the base model depends on
+(model/data/train, star.seed/seed_per_digit/seed_steps/carry_fact_digits), ONE base model trained once
+in `<workdir>/base` and passed to every member, so e.g. rationalization on/off start from the same M.
+Members that change it train their own in `<workdir>/<name>/base`. `<workdir>/base_config.json` guards
+the shared base against a re-run with a different base config.
+
+At the end (or with `--collect` alone) the members' final metrics go to `<workdir>/sweep.md` (markdown
+table), `<workdir>/sweep.csv` and `<workdir>/sweep.png` (accuracy over the training lengths vs iteration,
+one line per member). Wall time sums the members' phases (not the shared base model's training).
+
+Parallel launch on TPU VMs (one VM per member, the workdir on storage all of them mount: a Filestore NFS
+share or a bucket mounted with gcsfuse, e.g. /mnt/sweeps):
+
+    W=/mnt/sweeps/rationalization; ARGS="--config=experiments/configs/star_arithmetic.py --sweep=rationalization --workdir=$W"
+    python -m star_jax.sweep $ARGS --base_only                 # once: the data and the shared base model
+    python -m star_jax.sweep $ARGS --list                      # one line per member: index, name, overrides
+    python -m star_jax.sweep $ARGS --list | cut -f1 | xargs -P 0 -I{} gcloud compute tpus tpu-vm ssh \
+        sweep-{} --zone=$ZONE --worker=all --command="cd star_jax && python -m star_jax.sweep $ARGS --member={}"
+    python -m star_jax.sweep $ARGS --collect                   # sweep.md / sweep.csv / sweep.png
+
+(`--base_only` first, so that members do not race to train the same base; a failed or pre-empted member
+is re-launched with the same command and resumes. Add `--multihost` on a multi-host slice.)
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import importlib.util
+import io
+import json
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import ml_collections  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from star_jax import star, star_report  # noqa: E402
+from star_jax import star_data as sd  # noqa: E402
+from star_jax.config import StarExperimentConfig, star_experiment_from_config  # noqa: E402
+
+# What the base model (star.make_base_model) depends on: members that change none of it share one.
+_BASE_SECTIONS = ("model", "data", "train")
+_BASE_STAR_KEYS = ("seed", "seed_per_digit", "seed_steps", "carry_fact_digits")
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """One run of a sweep: its overrides, validated config, workdir and whether it uses the shared base."""
+  index: int
+  name: str
+  overrides: dict
+  cfg: StarExperimentConfig
+  workdir: str
+  shares_base: bool
+
+
+# ---- the sweep definition ----
+
+def load_sweep(config_path: str, sweep_name: str) -> list[dict]:
+  """The override sets `SWEEPS[sweep_name]` of the config file at `config_path`."""
+  spec = importlib.util.spec_from_file_location("_sweep_config", config_path)
+  if spec is None or not os.path.exists(config_path):
+    raise FileNotFoundError(f"no config file {config_path!r}")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  sweeps = getattr(module, "SWEEPS", None)
+  if not isinstance(sweeps, Mapping):
+    raise ValueError(f"{config_path} defines no SWEEPS dict (sweep name -> list of override dicts)")
+  if sweep_name not in sweeps:
+    raise ValueError(f"{config_path} has no sweep {sweep_name!r}; its sweeps: {sorted(sweeps)}")
+  sweep = list(sweeps[sweep_name])
+  if not sweep:
+    raise ValueError(f"{config_path}: SWEEPS[{sweep_name!r}] is empty")
+  for i, overrides in enumerate(sweep):
+    if not isinstance(overrides, Mapping):
+      raise ValueError(f"{config_path}: SWEEPS[{sweep_name!r}][{i}] must be a dict of overrides, got {overrides!r}")
+  return [dict(o) for o in sweep]
+
+
+def member_name(overrides: Mapping[str, Any]) -> str:
+  """`star.rationalize=False`, several overrides joined by `,`; `defaults` for none. Path-safe."""
+  if not overrides:
+    return "defaults"
+  name = ",".join(f"{key}={value}" for key, value in overrides.items())
+  return re.sub(r"[^A-Za-z0-9._=,+-]", "_", name)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any],
+                    where: str = "override") -> ml_collections.ConfigDict:
+  """A copy of `config` with each dotted key set; unknown keys and wrong types raise naming the key."""
+  config = copy.deepcopy(config)
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for i, part in enumerate(parents):
+      node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+      if not isinstance(node, ml_collections.ConfigDict):
+        raise ValueError(f"{where}: unknown config key config.{key} (no section config.{'.'.join(parents[:i + 1])})")
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+      valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      raise ValueError(f"{where}: unknown config key config.{key}; valid keys here: {valid}")
+    try:
+      with node.unlocked():
+        node[leaf] = value
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"{where}: config.{key} = {value!r}: {e}") from e
+  return config
+
+
+def base_signature(cfg: StarExperimentConfig) -> dict:
+  """The part of a config the base model depends on (JSON-comparable)."""
+  sig = {s: dataclasses.asdict(getattr(cfg, s)) for s in _BASE_SECTIONS}
+  sig["data"].pop("data_dir")
+  sig["star"] = {k: getattr(cfg.star, k) for k in _BASE_STAR_KEYS}
+  return json.loads(json.dumps(sig))
+
+
+def plan(config: ml_collections.ConfigDict, sweep: Sequence[Mapping[str, Any]], workdir: str,
+         sweep_name: str = "sweep") -> list[Member]:
+  """Validate every member (`config` with its overrides) and place it in `<workdir>/<name>`."""
+  workdir = os.path.abspath(workdir)
+  config = copy.deepcopy(config)
+  if not config.data.data_dir:  # every member and the base read one copy of the data
+    with config.unlocked():
+      config.data.data_dir = os.path.join(workdir, "data")
+  shared = base_signature(star_experiment_from_config(config))
+  members, seen = [], {}
+  for i, overrides in enumerate(sweep):
+    where = f"sweep {sweep_name!r} member {i} ({member_name(overrides)})"
+    member_config = apply_overrides(config, overrides, where)
+    try:
+      cfg = star_experiment_from_config(member_config)
+    except ValueError as e:
+      raise ValueError(f"{where}: {e}") from e
+    name = member_name(overrides)
+    if name in seen:
+      raise ValueError(f"sweep {sweep_name!r}: members {seen[name]} and {i} have the same name {name!r}")
+    seen[name] = i
+    members.append(Member(i, name, dict(overrides), cfg, os.path.join(workdir, name),
+                          base_signature(cfg) == shared))
+  return members
+
+
+# ---- running ----
+
+def read_records(member: Member) -> list[dict]:
+  path = os.path.join(member.workdir, "star_metrics.jsonl")
+  return sd.read_jsonl(path) if os.path.exists(path) else []
+
+
+def is_finished(member: Member) -> bool:
+  """True when star_metrics.jsonl records iterations 0..star.iterations."""
+  done = {r["iteration"] for r in read_records(member)}
+  return done >= set(range(member.cfg.star.iterations + 1))
+
+
+def shared_base(members: Sequence[Member], workdir: str):
+  """Train (or load) the one base model of the members with `shares_base`, in `<workdir>/base`."""
+  sharing = [m for m in members if m.shares_base]
+  if not sharing:
+    return None
+  cfg = sharing[0].cfg
+  workdir = os.path.abspath(workdir)
+  path = os.path.join(workdir, "base_config.json")
+  signature = base_signature(cfg)
+  if os.path.exists(path):
+    saved = sd.read_json(path)
+    if saved != signature:
+      differ = [f"config.{s}.{k}: {saved.get(s, {}).get(k)!r} -> {v!r}"
+                for s, section in signature.items() for k, v in section.items() if saved.get(s, {}).get(k) != v]
+      raise ValueError(f"{workdir}/base was trained with a different base config; use a new workdir. "
+                       f"Differences: {'; '.join(differ)}")
+  elif jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    sd.write_json(path, signature)
+  return star.make_base_model(cfg, workdir)
+
+
+def run_member(member: Member, base_params=None, generator: Callable | None = None) -> list[dict] | None:
+  """Run (or resume) one member with `base_params` (None: its own base in `<member>/base`); None if finished."""
+  if is_finished(member):
+    print(f"[sweep] {member.index}: {member.name} finished; skipped", flush=True)
+    return None
+  print(f"[sweep] {member.index}: {member.name} -> {member.workdir}", flush=True)
+  if base_params is None:
+    base_params = star.make_base_model(member.cfg, member.workdir)
+  return star.run(member.cfg, member.workdir, base_params, generator=generator)
+
+
+def run_sweep(members: Sequence[Member], workdir: str, *, only: int | None = None,
+              generator: Callable | None = None) -> None:
+  """Run every member (or only `members[only]`) one after another; the shared base is made at most once."""
+  todo = [m for m in members if only is None or m.index == only]
+  base = None
+  for m in todo:
+    if m.shares_base and base is None and not is_finished(m):
+      base = shared_base(members, workdir)
+    run_member(m, base if m.shares_base else None, generator)
+
+
+# ---- collecting ----
+
+def _seconds(records: Sequence[Mapping]) -> float:
+  return sum(v for r in records for k, v in r.items() if k.startswith("seconds_") and v is not None)
+
+
+def summary_row(member: Member, records: Sequence[Mapping]) -> dict:
+  """One member's final metrics: the last iteration's accuracies and kept examples, the best iteration
+  (highest acc_train_lengths), total wall time, and whether every iteration is recorded."""
+  row = {"member": member.name, "overrides": json.dumps(member.overrides),
+         "finished": is_finished(member), "iterations": len(records) - 1 if records else 0}
+  if not records:
+    return row
+  last = records[-1]
+  best = max(records, key=lambda r: r["acc_train_lengths"])
+  row.update({"final_iteration": last["iteration"], "acc_train_lengths": last["acc_train_lengths"],
+              "acc_overall": last["acc_overall"], "best_iteration": best["iteration"],
+              "best_acc_train_lengths": best["acc_train_lengths"]})
+  row.update({f"acc_{k}digit": last[f"acc_{k}digit"] for k in star_report.accuracy_lengths(last)})
+  row.update({k: v for k, v in last.items() if k.startswith("kept_")})
+  row["seconds_total"] = _seconds(records)
+  return row
+
+
+def markdown_table(rows: Sequence[Mapping], max_train_digits: int) -> str:
+  lengths = sorted({int(k[4:-5]) for r in rows for k in r if re.fullmatch(r"acc_\d+digit", k)})
+  head = (["member", "iters", f"acc 1–{max_train_digits}", "best iter", f"best acc 1–{max_train_digits}", "acc all"]
+          + [f"{k}d{'*' if k > max_train_digits else ''}" for k in lengths] + ["kept", "+rationalized", "wall s"])
+  lines = ["| " + " | ".join(head) + " |", "|:---|" + "---:|" * (len(head) - 1)]
+  pct = lambda v: "–" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+  for r in rows:
+    iters = f"{r['iterations']}" + ("" if r["finished"] else " (unfinished)")
+    cells = [f"`{r['member']}`", iters, pct(r.get("acc_train_lengths")), str(r.get("best_iteration", "–")),
+             pct(r.get("best_acc_train_lengths")), pct(r.get("acc_overall"))]
+    cells += [pct(r.get(f"acc_{k}digit")) for k in lengths]
+    cells += [str(r.get("kept_generated", "–")), str(r.get("kept_rationalized", "–")),
+              "–" if "seconds_total" not in r else f"{r['seconds_total']:.0f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def plot(histories: Mapping[str, Sequence[Mapping]], max_train_digits: int, path: str, title: str) -> None:
+  """Held-out accuracy over the training lengths vs iteration, one line per member."""
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for name, records in histories.items():
+    if records:
+      ax.plot([r["iteration"] for r in records], [100 * r["acc_train_lengths"] for r in records], marker="o",
+              markersize=3, label=name)
+  ax.set_xlabel("STaR iteration (0 = base model)")
+  ax.set_ylabel(f"held-out accuracy, 1–{max_train_digits} digits (%)")
+  ax.set_ylim(-2, 102)
+  ax.legend(fontsize=7)
+  ax.set_title(title)
+  fig.tight_layout()
+  fig.savefig(f"{path}.tmp.png", dpi=120)
+  plt.close(fig)
+  os.replace(f"{path}.tmp.png", path)
+
+
+def _write_text(path: str, text: str) -> None:
+  with open(f"{path}.tmp", "w", encoding="utf-8", newline="") as f:
+    f.write(text)
+  os.replace(f"{path}.tmp", path)
+
+
+def collect(members: Sequence[Member], workdir: str, sweep_name: str = "sweep") -> list[dict]:
+  """Write `sweep.md`, `sweep.csv` and `sweep.png` in `workdir` from the members' star_metrics.jsonl."""
+  histories = {m.name: read_records(m) for m in members}
+  rows = [summary_row(m, histories[m.name]) for m in members]
+  if jax.process_index() != 0:
+    return rows
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  max_train = members[0].cfg.data.max_train_digits
+  columns = list(dict.fromkeys(k for r in rows for k in r))
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+  writer.writeheader()
+  writer.writerows(rows)
+  _write_text(os.path.join(workdir, "sweep.csv"), buffer.getvalue())
+  shared = [m.name for m in members if m.shares_base]
+  text = "\n\n".join([
+      f"# Sweep `{sweep_name}`",
+      f"{len(members)} members; final iteration's held-out greedy accuracy (* = longer than any training "
+      f"question), the best iteration by accuracy over 1–{max_train} digits, examples kept at the final "
+      f"iteration, and the members' total wall time (without the base model). "
+      + (f"Shared base model (`base/`): {', '.join(f'`{n}`' for n in shared)}." if shared else ""),
+      markdown_table(rows, max_train),
+      "![accuracy vs iteration](sweep.png)",
+  ])
+  _write_text(os.path.join(workdir, "sweep.md"), text + "\n")
+  plot(histories, max_train, os.path.join(workdir, "sweep.png"), f"STaR sweep: {sweep_name}")
+  return rows
+
+
+# ---- command line ----
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS, sys_argv: list[str] | None = None) -> None:
+  """The sweep's flags (defined by `main`, or on a test's own FlagValues with its argv: config_flags
+  finds the `--config.*` overrides in `sys_argv`, default sys.argv, when the flag is defined)."""
+  config_flags.DEFINE_config_file("config", None, "experiments/configs/*.py[:variant] with a SWEEPS dict.",
+                                  flag_values=flag_values, lock_config=True, sys_argv=sys_argv)
+  flags.DEFINE_string("sweep", None, "Name of the sweep in the config file's SWEEPS.", flag_values=flag_values)
+  flags.DEFINE_string("workdir", None, "Sweep directory: one subdirectory per member, base/, data/, sweep.*",
+                      flag_values=flag_values)
+  flags.DEFINE_string("member", None, "Run only this member (index or name); no collection.",
+                      flag_values=flag_values)
+  flags.DEFINE_bool("collect", False, "Only collect the members' metrics into sweep.md/csv/png.",
+                    flag_values=flag_values)
+  flags.DEFINE_bool("base_only", False, "Only make the data and the shared base model.", flag_values=flag_values)
+  flags.DEFINE_bool("list", False, "Print `index<TAB>name<TAB>overrides` per member and exit.",
+                    flag_values=flag_values)
+  flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize first.", flag_values=flag_values)
+  flags.mark_flags_as_required(["config", "sweep", "workdir"], flag_values=flag_values)
+
+
+def _select(members: Sequence[Member], member: str) -> int:
+  by_name = {m.name: m.index for m in members}
+  if member in by_name:
+    return by_name[member]
+  if re.fullmatch(r"\d+", member) and int(member) < len(members):
+    return int(member)
+  raise ValueError(f"--member={member!r}: no such member; use 0..{len(members) - 1} or one of {sorted(by_name)}")
+
+
+def run_from_flags(flag_values: flags.FlagValues = flags.FLAGS, generator: Callable | None = None) -> list[Member]:
+  """Everything `python -m star_jax.sweep` does, given parsed flags; returns the members."""
+  fv = flag_values
+  if fv["multihost"].value:
+    from star_jax import sharding  # noqa: PLC0415
+    sharding.initialize_multihost()
+  sweep_name, workdir = fv["sweep"].value, os.path.abspath(fv["workdir"].value)
+  # (config_flags reads `path[:variant]` as path.split(":", 1))
+  sweep = load_sweep(config_flags.get_config_filename(fv["config"]).split(":", 1)[0], sweep_name)
+  members = plan(fv["config"].value, sweep, workdir, sweep_name)
+  if fv["list"].value:
+    for m in members:
+      print(f"{m.index}\t{m.name}\t{json.dumps(m.overrides)}")
+    return members
+  if fv["base_only"].value:
+    shared_base(members, workdir)
+    return members
+  if not fv["collect"].value:
+    only = None if fv["member"].value is None else _select(members, fv["member"].value)
+    run_sweep(members, workdir, only=only, generator=generator)
+    if only is not None:
+      return members
+  collect(members, workdir, sweep_name)
+  print(f"\nsweep table: {os.path.join(workdir, 'sweep.md')}\nplot:        {os.path.join(workdir, 'sweep.png')}")
+  return members
+
+
+def main() -> None:
+  define_flags()
+
+  def _main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)
+    run_from_flags()
+  app.run(_main)
+
+
+if __name__ == "__main__":
+  main()
