@@ -31,12 +31,22 @@ def main(argv):
   from star_jax import finetune, sharding  # noqa: PLC0415 (after flags; jax.distributed must come first)
   if _MULTIHOST.value or _COORDINATOR.value:
     sharding.initialize_multihost(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  is_star = "star" in _CONFIG.value  # a STaR experiment: base model, then the outer loop
-  cfg = (config_lib.star_experiment_from_config if is_star else config_lib.experiment_from_config)(_CONFIG.value)
+  is_rl = "rl" in _CONFIG.value  # policy-gradient STaR: the STaR base model, then the online RL loop
+  is_star = "star" in _CONFIG.value and not is_rl  # a STaR experiment: base model, then the outer loop
+  if is_rl:
+    from star_jax import rl_config  # noqa: PLC0415
+    cfg = rl_config.rl_experiment_from_config(_CONFIG.value)
+  else:
+    cfg = (config_lib.star_experiment_from_config if is_star else config_lib.experiment_from_config)(_CONFIG.value)
   workdir = os.path.abspath(_WORKDIR.value)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
     f.write(_CONFIG.value.to_json_best_effort(indent=2))
+  if is_rl:
+    from star_jax import rl, star  # noqa: PLC0415
+    rl.run(cfg, workdir, star.make_base_model(cfg, cfg.rl.base_workdir or workdir))
+    print(f"\nreport: {os.path.join(workdir, 'rl_report.md')}")
+    return
   if is_star:
     from star_jax import star  # noqa: PLC0415
     star.run(cfg, workdir, star.make_base_model(cfg, workdir))

@@ -1,0 +1,87 @@
+"""Policy-gradient STaR on n-digit addition: star_jax.rl.run from the STaR experiment's base model.
+
+  get_config()        the comparison run: RLOO, no KL; the other variants are the SWEEPS below
+  get_config("tiny")  seconds; used by tests/test_rl.py
+
+Every section of experiments/configs/star_arithmetic.py (taken from that file, so the base model, data
+and evaluation are the STaR experiment's) plus `rl`, validated by
+star_jax.rl_config.rl_experiment_from_config. Point rl.base_workdir at a STaR run's workdir to start
+from its very base model (`<workdir>/base/`); otherwise it is trained (identically) in this workdir.
+
+  python -m star_jax.main --config=experiments/configs/pg_star_arithmetic.py --workdir=runs/pg_rloo \\
+      --config.rl.base_workdir=runs/star_arithmetic --config.rl.advantage=rloo
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+
+def _star_config(arg: str) -> ml_collections.ConfigDict:
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "star_arithmetic.py")
+  spec = importlib.util.spec_from_file_location("star_arithmetic_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  if arg not in ("", "tiny"):
+    raise ValueError(f"unknown config variant {arg!r}; use '' or 'tiny'")
+  c = _star_config(arg)
+
+  c.rl = ml_collections.ConfigDict()
+  c.rl.steps = 300  # policy updates (each: sample G x K responses, score, update)
+  c.rl.token_budget = 0  # stop early once this many response tokens were sampled (0: off); for equal-token comparisons
+  c.rl.questions_per_step = 32  # G questions per step, without replacement through D (10,000 questions)
+  c.rl.samples_per_question = 8  # K responses per question: 256 samples, ~25k sampled tokens per step
+  c.rl.temperature = 1.0  # sampling temperature = the trained policy's (softmax(logits / T))
+  c.rl.max_new_tokens = 192  # generation cap (= star.max_new_tokens; each batch also caps at its longest target + 16)
+  c.rl.advantage = "rloo"  # none (the paper's REINFORCE) | batch_mean | group_mean | rloo | grpo
+  c.rl.normalisation = "sequence_sum"  # sequence_sum (exact ∇J) | token_mean | sequence_mean
+  c.rl.ppo_epochs = 1  # passes over each batch of samples (1: on-policy REINFORCE)
+  c.rl.minibatches = 1  # optimizer steps per pass
+  c.rl.clip_eps = 0.0  # PPO ratio clip (0: off); needed once ppo_epochs x minibatches > 1
+  c.rl.kl_coef = 0.0  # β of the KL to the base model (0: no reference forward)
+  c.rl.kl_estimator = "k3"  # k1 | k2 | k3 (see star_jax/kl.py)
+  c.rl.kl_mode = "loss"  # "loss" (per-token penalty) | "reward" (R − β Σ_t k: exact ∇(J − β KL) with k1)
+  c.rl.kl_target = 0.0  # > 0: adapt β toward this per-sequence KL (nats)
+  c.rl.kl_horizon = 10_000  # adaptive β: samples for a ~20% change
+  c.rl.lr = 1e-4  # Adam lr of the RL updates (constant; betas, weight decay and clipping from train.*)
+  c.rl.warmup_steps = 10  # lr warmup in optimizer steps
+  c.rl.log_every = 1  # steps between metric records
+  c.rl.eval_every = 25  # steps between held-out evaluations (greedy accuracy + KL to base)
+  c.rl.base_workdir = ""  # a STaR workdir whose base/ is the base model ("" = train it in this workdir)
+  c.rl.seed = 0  # question order and sampling keys
+
+  c.checkpoint.every_steps = 25  # RL checkpoints (the base model's training uses the same interval)
+
+  if arg == "tiny":
+    c.model.n_layers = 1  # (star's tiny has 2) one layer: the tests compile sampler, step and eval quickly
+    c.rl.steps = 4
+    c.rl.questions_per_step, c.rl.samples_per_question = 4, 4  # 16 rows: a multiple of 8 simulated devices
+    c.rl.max_new_tokens = 128  # = star.max_new_tokens in tiny
+    c.rl.warmup_steps = 0
+    c.rl.lr = 1e-3
+    c.rl.eval_every = 2
+    c.checkpoint.every_steps = 2
+  return c
+
+
+# Named sweeps: each a list of override sets (dotted key -> value) for a sweep runner. "comparison" is the
+# issue's study (with classic STaR from star_arithmetic.py at an equal rl.token_budget).
+_KL_BETAS = (0.01, 0.05, 0.2)
+SWEEPS = {
+    "comparison": ([{"rl.advantage": a} for a in ("none", "rloo", "grpo")]
+                   + [{"rl.advantage": "rloo", "rl.kl_coef": b} for b in _KL_BETAS]),
+    "advantage": [{"rl.advantage": a} for a in ("none", "batch_mean", "group_mean", "rloo", "grpo")],
+    "normalisation": [{"rl.normalisation": n} for n in ("sequence_sum", "token_mean", "sequence_mean")],
+    "kl_coef": [{"rl.advantage": "rloo", "rl.kl_coef": b} for b in _KL_BETAS],
+    "kl_mode": [{"rl.kl_coef": 0.05, "rl.kl_mode": "reward", "rl.kl_estimator": "k1"},
+                {"rl.kl_coef": 0.05, "rl.kl_mode": "loss", "rl.kl_estimator": "k3"},
+                {"rl.kl_coef": 0.05, "rl.kl_mode": "loss", "rl.kl_estimator": "k2"}],
+    "adaptive_kl": [{"rl.kl_coef": 0.05, "rl.kl_target": t} for t in (0.5, 2.0)],
+    "ppo": [{"rl.ppo_epochs": 2, "rl.minibatches": 4, "rl.clip_eps": 0.2},
+            {"rl.ppo_epochs": 4, "rl.minibatches": 4, "rl.clip_eps": 0.2}],
+}

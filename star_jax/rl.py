@@ -1,0 +1,317 @@
+"""The online policy-gradient STaR loop: sample, score with the verifier, update, repeat.
+
+STaR as reinforcement learning (Zelikman et al. 2022, arXiv 2203.14465, §3.2): J = Σ_i E_{(r̂, ŷ) ~ p(·|x_i)}
+1(ŷ_i = y_i). Each step s = 1..rl.steps:
+
+  1. take G = rl.questions_per_step questions of D (a fresh permutation of D per epoch, from (rl.seed, epoch));
+  2. sample K = rl.samples_per_question responses to each with the KV-cache sampler at rl.temperature,
+     keeping the sampler's per-token log-probs (π_old of the update);
+  3. reward each with the task's verifier, the indicator 1(ŷ = y) (or `reward_fn`);
+  4. run the jitted, sharded update (pg_step.py): advantages, KL to the base model, PPO epochs;
+  5. log reward, sample accuracy, KL, entropy, response length, clip fraction, tokens/s (one step late:
+     the update's metrics are fetched while the next batch is being sampled);
+  6. every rl.eval_every steps: greedy held-out accuracy per digit length and KL(π‖π_base) measured on
+     held-out prompts; every checkpoint.every_steps: an Orbax checkpoint.
+
+Resumable: the questions and sampling keys of step s derive from (rl.seed, s), so the checkpoint (PGState
+plus the sampled-token count) is all the loop needs; a re-run of the same command continues from it and
+ends with the parameters and records of an uninterrupted run. Files in the workdir:
+
+  rl_metrics.jsonl   one record per logged step (rl/* scalars also in logs/, TensorBoard)
+  rl_eval.jsonl      one record per evaluation (step 0 = the base model), with sampled_tokens and seconds
+  rl_report.md       the evaluation table;  rl_config.json  the run's config (a different one is refused)
+  checkpoints/       PGState + {"sampled_tokens", "seconds"}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from star_jax import checkpoint, evaluate, finetune, metrics, pg_step, sampling, sharding, train
+from star_jax import star_data as sd
+from star_jax.data import CharTokenizer, Problem, arithmetic, make_eval_problems, verifiers
+from star_jax.rl_config import RLExperimentConfig
+
+RewardFn = Callable[[Problem, str], float]
+SAMPLE, EVAL_KL = 0, 1  # phase ids of the rng: key(seed, step, phase)
+
+
+def questions_for_step(num_questions: int, per_step: int, seed: int, step: int) -> np.ndarray:
+  """Indices into D of step `step` (from 1): consecutive slices of one permutation of D per epoch."""
+  if num_questions <= 0:
+    raise ValueError("the question set D is empty")
+  positions = (step - 1) * per_step + np.arange(per_step)
+  epochs = positions // num_questions
+  perms = {int(e): np.random.default_rng([seed, int(e)]).permutation(num_questions) for e in np.unique(epochs)}
+  return np.asarray([perms[int(e)][p % num_questions] for e, p in zip(epochs, positions)], np.int64)
+
+
+def build_batch(prompt_ids: Sequence[Sequence[int]], tokens_BxN: np.ndarray, lengths_B: np.ndarray,
+                logps_BxN: np.ndarray, rewards_B: np.ndarray, seq_len: int,
+                valid_B: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """Rows [BOS] + prompt + response (right-padded to seq_len after the next-token shift) for pg_step.
+
+  loss_mask and old_logps cover exactly the response tokens (EOS included when generated): target j is
+  response token i when j = |prompt ids| − 1 + i. A zero-length response has an all-zero mask.
+  """
+  b = len(prompt_ids)
+  out = {name: np.zeros((b, seq_len), np.int32) for name in ("inputs_BxT", "targets_BxT", "segment_ids_BxT",
+                                                             "positions_BxT")}
+  out["loss_mask_BxT"] = np.zeros((b, seq_len), np.float32)
+  out["old_logps_BxT"] = np.zeros((b, seq_len), np.float32)
+  for row in range(b):
+    prompt, n = np.asarray(prompt_ids[row], np.int32), int(lengths_B[row])
+    tokens = np.concatenate([prompt, np.asarray(tokens_BxN[row, :n], np.int32)])
+    width = len(tokens) - 1
+    if width > seq_len:
+      raise ValueError(f"row {row}: prompt ({len(prompt)}) + response ({n}) tokens exceed train.seq_len={seq_len} + 1")
+    out["inputs_BxT"][row, :width] = tokens[:-1]
+    out["targets_BxT"][row, :width] = tokens[1:]
+    out["segment_ids_BxT"][row, :width] = 1
+    out["positions_BxT"][row, :width] = np.arange(width)
+    start = len(prompt) - 1
+    out["loss_mask_BxT"][row, start:start + n] = 1.0
+    out["old_logps_BxT"][row, start:start + n] = logps_BxN[row, :n]
+  out["rewards_B"] = np.asarray(rewards_B, np.float32)
+  out["valid_B"] = np.ones((b,), np.bool_) if valid_B is None else np.asarray(valid_B, np.bool_)
+  return out
+
+
+@dataclasses.dataclass
+class _Context:
+  cfg: RLExperimentConfig
+  workdir: str
+  mesh: jax.sharding.Mesh
+  tokenizer: CharTokenizer
+  questions: list[Problem]  # D
+  tests: dict[int, list[Problem]]  # held-out problems per digit length
+  kl_problems: list[Problem]  # held-out questions on which KL(π‖π_base) is measured
+  prompt_width: int  # every sampled batch is left-padded to this width (one sampler compilation)
+
+
+def _setup(cfg: RLExperimentConfig, workdir: str) -> _Context:
+  if not isinstance(cfg, RLExperimentConfig):
+    raise TypeError(f"the RL loop needs an RLExperimentConfig (rl_config.rl_experiment_from_config), "
+                    f"got {type(cfg).__name__}")
+  tokenizer, mesh = finetune.tokenizer_and_mesh(cfg)
+  rl = cfg.rl
+  divisor = sharding.batch_divisor(mesh) * rl.minibatches
+  if rl.batch_size % divisor:
+    raise ValueError(f"config.rl.questions_per_step x rl.samples_per_question = {rl.batch_size} must be a multiple "
+                     f"of the mesh's data x fsdp size {sharding.batch_divisor(mesh)} x rl.minibatches {rl.minibatches}")
+  builder = finetune.build_dataset(cfg.data, workdir)
+  questions = sd.problems_from_source(builder.as_data_source("questions"))
+  tests = {n: make_eval_problems(builder.as_data_source(f"test_{n}digit"))
+           for n in range(1, cfg.data.max_test_digits + 1)}
+  held_out = [p for n in range(1, cfg.data.max_train_digits + 1) for p in tests[n]]
+  kl_problems = [held_out[i % len(held_out)] for i in range(rl.questions_per_step)]
+  longest = max(len(arithmetic.prompt_text(p)) + 1 for p in questions + kl_problems)
+  return _Context(cfg, os.path.abspath(workdir), mesh, tokenizer, questions, tests, kl_problems,
+                  prompt_width=-(-longest // 16) * 16)
+
+
+def _compiled(model_config, train_config, rl, mesh):
+  """(tx, jitted update step, jitted log-prob function), compiled once per update configuration and mesh
+  (the loop-only fields of rl, e.g. steps or token_budget, do not recompile: the RL lr is constant)."""
+  return _compiled_cached(model_config, train_config, mesh, dataclasses.replace(
+      rl, steps=1, token_budget=0, log_every=1, eval_every=1, base_workdir="", seed=0))
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_cached(model_config, train_config, mesh, rl):
+  tx = train.make_optimizer(pg_step.optimizer_config(train_config, rl))
+  return (tx, pg_step.compile_pg_step(model_config, train_config, rl, mesh, tx),
+          pg_step.compile_response_logps(model_config, rl.temperature, mesh))
+
+
+def _sample(ctx: _Context, params, problems: Sequence[Problem], rng: jax.Array):
+  """K samples per problem (question-major rows) -> (prompt ids, device SampleOutput)."""
+  cfg, tok = ctx.cfg, ctx.tokenizer
+  prompt_ids = [tok.encode(arithmetic.prompt_text(p), add_bos=True) for p in problems
+                for _ in range(cfg.rl.samples_per_question)]
+  tokens_BxP, lengths_B = sampling.left_pad(prompt_ids, tok.pad_id, multiple=ctx.prompt_width)
+  cap = sd.generation_cap(problems, cfg.rl.max_new_tokens, cfg.train.seq_len)
+  out = sampling.sample(cfg.model, params, sharding.shard_global_batch(tokens_BxP, ctx.mesh),
+                        sharding.shard_global_batch(lengths_B, ctx.mesh), rng,
+                        cfg=sampling.SamplingConfig(max_new_tokens=cfg.rl.max_new_tokens,
+                                                    temperature=cfg.rl.temperature),
+                        eos_id=tok.eos_id, pad_id=tok.pad_id, max_new_tokens=jnp.int32(cap))
+  return prompt_ids, out
+
+
+def _evaluate(ctx: _Context, params, ref_params, logps_fn, step: int) -> dict:
+  """Greedy held-out accuracy per digit length and KL(π‖π_base) on sampled held-out responses (k1 and k3)."""
+  cfg = ctx.cfg
+  t0 = time.perf_counter()
+  accuracy = evaluate.arithmetic_accuracy(cfg.model, params, ctx.tokenizer, ctx.tests, mesh=ctx.mesh,
+                                          batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens)
+  lengths = range(1, cfg.data.max_train_digits + 1)
+  accuracy["acc_train_lengths"] = (sum(accuracy[f"acc_{n}digit"] * len(ctx.tests[n]) for n in lengths)
+                                   / sum(len(ctx.tests[n]) for n in lengths))
+  prompt_ids, out = _sample(ctx, params, ctx.kl_problems, sd.phase_key(cfg.rl.seed, step, EVAL_KL))
+  tokens, lens, logps = sharding.to_host((out.tokens_BxN, out.lengths_B, out.logps_BxN))
+  batch = build_batch(prompt_ids, tokens, lens, logps, np.zeros(len(prompt_ids)), cfg.train.seq_len)
+  device_batch = {k: sharding.shard_global_batch(v, ctx.mesh) for k, v in batch.items()}
+  logps_BxT, ref_BxT = sharding.to_host((logps_fn(params, device_batch), logps_fn(ref_params, device_batch)))
+  x_BxT = (logps_BxT - ref_BxT) * batch["loss_mask_BxT"]
+  k3_BxT = (np.exp(-np.clip(x_BxT, -20, 20)) - 1 + x_BxT) * batch["loss_mask_BxT"]
+  return {"step": step, **accuracy, "kl_to_base": float(np.mean(np.sum(x_BxT, 1))),
+          "kl_to_base_k3": float(np.mean(np.sum(k3_BxT, 1))), "eval_seconds": time.perf_counter() - t0}
+
+
+def _check_same_config(ctx: _Context) -> None:
+  """Refuse to resume a workdir made with a different config (rl.steps, rl.token_budget may change)."""
+  path = os.path.join(ctx.workdir, "rl_config.json")
+  current = json.loads(json.dumps(dataclasses.asdict(ctx.cfg)))
+  if not os.path.exists(path):
+    if jax.process_index() == 0:
+      sd.write_json(path, current)
+    return
+  saved = sd.read_json(path)
+  ignored = {("rl", "steps"), ("rl", "token_budget"), ("rl", "base_workdir"), ("data", "data_dir")}
+  differ = [f"config.{section}.{key}: {saved[section].get(key)!r} -> {value!r}"
+            for section in ("model", "data", "train", "star", "rl") for key, value in current[section].items()
+            if (section, key) not in ignored and saved[section].get(key) != value]
+  if differ:
+    raise ValueError(f"{ctx.workdir} holds an RL run with a different config; use a new workdir. "
+                     f"Differences: {'; '.join(differ)}")
+
+
+def _read_records(path: str, last_step: int) -> list[dict]:
+  return [r for r in sd.read_jsonl(path) if r["step"] <= last_step] if os.path.exists(path) else []
+
+
+def _write_outputs(ctx: _Context, train_records: list[dict], eval_records: list[dict]) -> None:
+  if jax.process_index() != 0:
+    return
+  sd.write_jsonl(os.path.join(ctx.workdir, "rl_metrics.jsonl"), train_records)
+  sd.write_jsonl(os.path.join(ctx.workdir, "rl_eval.jsonl"), eval_records)
+  rl, lengths = ctx.cfg.rl, range(1, ctx.cfg.data.max_test_digits + 1)
+  header = (["step", "sampled tokens", "train lengths", "all"] + [f"{n}-digit" for n in lengths]
+            + ["KL to base (k1)", "KL (k3)", "wall s"])
+  rows = [[str(r["step"]), str(r["sampled_tokens"]), f"{r['acc_train_lengths']:.3f}", f"{r['acc_overall']:.3f}"]
+          + [f"{r[f'acc_{n}digit']:.2f}" for n in lengths] + [f"{r['kl_to_base']:.3f}", f"{r['kl_to_base_k3']:.3f}", f"{r['seconds']:.0f}"]
+          for r in eval_records]
+  table = "\n".join("| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header)] + rows)
+  text = (f"# Policy-gradient STaR\n\nadvantage `{rl.advantage}`, normalisation `{rl.normalisation}`, "
+          f"{rl.questions_per_step} questions x {rl.samples_per_question} samples per step at temperature "
+          f"{rl.temperature}, PPO epochs {rl.ppo_epochs} x minibatches {rl.minibatches} (clip {rl.clip_eps}), "
+          f"β {rl.kl_coef} ({rl.kl_estimator} in the {rl.kl_mode}{', adaptive' if rl.kl_target else ''}), lr {rl.lr}."
+          f"\n\nHeld-out greedy accuracy and KL(π‖π_base) per evaluation:\n\n{table}\n")
+  tmp = os.path.join(ctx.workdir, "rl_report.md.tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, os.path.join(ctx.workdir, "rl_report.md"))
+
+
+def run(cfg: RLExperimentConfig, workdir: str, base_params, reward_fn: RewardFn | None = None) -> list[dict]:
+  """Run (or resume) the loop from `base_params` (also the frozen reference); returns the eval records.
+
+  `reward_fn(problem, generated_text)` replaces the indicator 1(ŷ = y) (e.g. a dense reward, or a test's).
+  """
+  ctx = _setup(cfg, workdir)
+  _check_same_config(ctx)
+  rl, mesh, tok = cfg.rl, ctx.mesh, ctx.tokenizer
+  reward_fn = reward_fn or (lambda p, text: float(verifiers.is_correct(p, text)))
+  tx, step_fn, logps_fn = _compiled(cfg.model, cfg.train, rl, mesh)
+  abstract, shardings = pg_step.state_shardings(cfg.model, tx, mesh)
+  ref_params = jax.device_put(base_params, shardings.train.params)
+  metrics_path, eval_path = (os.path.join(ctx.workdir, f) for f in ("rl_metrics.jsonl", "rl_eval.jsonl"))
+
+  with checkpoint.Checkpointer(os.path.join(ctx.workdir, "checkpoints"), keep=cfg.checkpoint.keep) as ckpt, \
+       metrics.MetricWriter(os.path.join(ctx.workdir, "logs")) as writer:
+    if ckpt.latest_step() is not None:
+      state, host = ckpt.restore(abstract)
+    else:  # a copy: the state is donated to the step, the reference must survive it
+      state = pg_step.create_state(cfg.model, tx, mesh, cfg.train.seed,
+                                   jax.tree.map(lambda x: jnp.array(x, copy=True), ref_params), rl.kl_coef)
+      host = {"sampled_tokens": 0, "seconds": 0.0}
+    start = int(state.train.step)
+    train_records, eval_records = _read_records(metrics_path, start), _read_records(eval_path, start)
+    elapsed = host["seconds"]
+    t_start = time.perf_counter()
+
+    def seconds() -> float:
+      return elapsed + time.perf_counter() - t_start
+
+    def record_eval(step: int) -> None:
+      record = {**_evaluate(ctx, state.train.params, ref_params, logps_fn, step),
+                "sampled_tokens": host["sampled_tokens"], "seconds": seconds()}
+      eval_records.append(record)
+      writer.write_scalars(step, {f"rl_eval/{k}": v for k, v in record.items() if k != "step"})
+      writer.flush()
+      print(f"[rl] step {step}: held-out acc {record['acc_overall']:.3f} (train lengths "
+            f"{record['acc_train_lengths']:.3f}), KL to base {record['kl_to_base']:.4f}, "
+            f"{host['sampled_tokens']} tokens sampled", flush=True)
+
+    if not eval_records:
+      record_eval(0)
+      _write_outputs(ctx, train_records, eval_records)
+
+    pending: tuple[int, object, dict] | None = None
+
+    def finish() -> None:
+      nonlocal pending
+      if pending is None:
+        return
+      step, device_metrics, host_metrics = pending
+      pending = None
+      values = {k: float(v) for k, v in sharding.to_host(device_metrics).items()}
+      if not np.isfinite(values["loss"]):
+        raise train.NonFiniteLossError(f"non-finite RL loss {values['loss']} at step {step}; "
+                                       "the last checkpoint written before it is intact")
+      values.update(host_metrics)
+      if step % rl.log_every == 0 or step == rl.steps:
+        train_records.append({"step": step, **values})
+        writer.write_scalars(step, {f"rl/{k}": v for k, v in values.items()})
+      progress.set_postfix(reward=f"{values['reward']:.3f}", len=f"{values['response_length']:.0f}")
+
+    step = start
+    with tqdm(total=rl.steps, initial=start, desc="rl", dynamic_ncols=True, leave=False,
+              disable=jax.process_index() != 0) as progress:
+      while step < rl.steps and not (rl.token_budget and host["sampled_tokens"] >= rl.token_budget):
+        step += 1
+        t0 = time.perf_counter()
+        problems = [ctx.questions[i] for i in questions_for_step(len(ctx.questions), rl.questions_per_step,
+                                                                 rl.seed, step)]
+        prompt_ids, out = _sample(ctx, state.train.params, problems, sd.phase_key(rl.seed, step, SAMPLE))
+        finish()  # the previous update's metrics, fetched while this batch is sampled
+        tokens, lengths, logps = sharding.to_host((out.tokens_BxN, out.lengths_B, out.logps_BxN))
+        sample_seconds = time.perf_counter() - t0
+        rows = [(p, tok.decode(tokens[i, :lengths[i]]))
+                for i, p in enumerate(p for p in problems for _ in range(rl.samples_per_question))]
+        rewards = np.asarray([reward_fn(p, text) for p, text in rows], np.float32)
+        batch = build_batch(prompt_ids, tokens, lengths, logps, rewards, cfg.train.seq_len)
+        device_batch = {k: sharding.shard_global_batch(v, mesh) for k, v in batch.items()}
+        args = (state, device_batch, state.train.rng) + ((ref_params,) if rl.uses_reference else ())
+        state, device_metrics = step_fn(*args)
+        host["sampled_tokens"] += int(np.sum(lengths))
+        step_seconds = time.perf_counter() - t0
+        pending = (step, device_metrics, {
+            "accuracy": float(np.mean([verifiers.is_correct(p, text) for p, text in rows])),
+            "sampled_tokens": float(host["sampled_tokens"]),
+            "sample_tokens_per_sec": float(np.sum(lengths)) / max(sample_seconds, 1e-9),
+            "tokens_per_sec": float(np.sum(lengths)) / max(step_seconds, 1e-9)})
+        progress.update(1)
+        last = step == rl.steps or bool(rl.token_budget and host["sampled_tokens"] >= rl.token_budget)
+        if step % rl.eval_every == 0 or last:
+          finish()
+          record_eval(step)
+        if step % cfg.checkpoint.every_steps == 0 or last:
+          finish()
+          host["seconds"] = seconds()
+          _write_outputs(ctx, train_records, eval_records)
+          ckpt.save(step, state, data_state=dict(host))
+      finish()
+    _write_outputs(ctx, train_records, eval_records)
+  return eval_records
