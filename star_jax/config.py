@@ -8,17 +8,29 @@ error naming the key (`config.train.lr must be > 0, got -1.0`). Library code nev
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import typing
 from collections.abc import Mapping
 from typing import Any
 
+from star_jax.data import tasks
 from star_jax.models.config import ModelConfig
+
+# The local files each task's TFDS builder reads (config.data.<split>_path); arithmetic generates its data.
+TASK_PATHS = {"arithmetic": (), "gsm8k": ("train_path", "test_path"),
+              "commonsense_qa": ("train_path", "validation_path", "test_path", "few_shot_path")}
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  task: str = "arithmetic"  # only the arithmetic task exists so far
+  task: str = "arithmetic"  # a registered task (star_jax.data.tasks.get_task): arithmetic, gsm8k, commonsense_qa
   data_dir: str = ""  # TFDS data dir; "" means <workdir>/data
+  train_path: str = ""  # gsm8k / commonsense_qa: the user's local train JSONL (STaR's D); required for them
+  validation_path: str = ""  # commonsense_qa: the labeled dev JSONL ("" = none)
+  test_path: str = ""  # gsm8k / commonsense_qa: the test JSONL ("" = none)
+  few_shot_path: str = ""  # commonsense_qa: exemplars with a "rationale" on every line ("" = none)
+  # the digit fields below apply to the arithmetic task only
   max_train_digits: int = 5  # training operands have 1..max_train_digits digits
   max_test_digits: int = 8  # held-out splits for 1..max_test_digits (length generalisation beyond train)
   rationales_per_digit: int = 20_000  # examples with full scratchpads per digit length
@@ -28,7 +40,13 @@ class DataConfig:
   seed: int = 0  # data generation seed
 
   def __post_init__(self):
-    _require(self.task == "arithmetic", "data.task", self.task, "must be 'arithmetic'")
+    _require(self.task in TASK_PATHS and self.task in tasks.task_names(), "data.task", self.task,
+             f"must be one of {sorted(TASK_PATHS)}")
+    for key in ("train_path", "validation_path", "test_path", "few_shot_path"):
+      _require(key in TASK_PATHS[self.task] or not getattr(self, key), f"data.{key}", getattr(self, key),
+               f"is not read by the {self.task} task (it reads {list(TASK_PATHS[self.task]) or 'no files'})")
+    _require(self.task == "arithmetic" or bool(self.train_path), "data.train_path", self.train_path,
+             f"is required for the {self.task} task (a local JSONL file; nothing is downloaded)")
     _require(1 <= self.max_train_digits <= self.max_test_digits, "data.max_train_digits", self.max_train_digits,
              f"must be in [1, data.max_test_digits={self.max_test_digits}]")
     for key in ("rationales_per_digit", "questions_per_digit", "test_per_digit"):
@@ -80,10 +98,14 @@ class CheckpointConfig:
 class EvalConfig:
   batch_size: int = 256  # prompts decoded together
   max_new_tokens: int = 160  # generation cap (an 8-digit scratchpad is ~150 characters)
+  split: str = "test"  # held-out split (arithmetic: the test_<n>digit splits; commonsense_qa: also "validation")
+  num_shots: int = 0  # few-shot exemplars before each held-out question (STaR tasks with exemplars only)
 
   def __post_init__(self):
     _require(self.batch_size > 0, "eval.batch_size", self.batch_size, "must be > 0")
     _require(self.max_new_tokens > 0, "eval.max_new_tokens", self.max_new_tokens, "must be > 0")
+    _require(self.split in ("test", "validation"), "eval.split", self.split, "must be 'test' or 'validation'")
+    _require(self.num_shots >= 0, "eval.num_shots", self.num_shots, "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,15 +139,18 @@ class StarConfig:
   temperature: float = 0.0  # rationale sampling temperature (0 = greedy)
   max_new_tokens: int = 192  # generation cap (also capped per digit length and by train.seq_len)
   generate_batch_size: int = 256  # prompts decoded together during generation and rationalization
-  mix_seed: bool = False  # also fine-tune on the seed examples each iteration (not in Algorithm 1)
+  mix_seed: bool = False  # also fine-tune on the seed examples each iteration (not in Algorithm 1; arithmetic)
+  num_shots: int = 0  # few-shot exemplars before each generation prompt (hinted ones when rationalizing)
   seed_per_digit: int = 10  # base model: scratchpads per digit length 2..max_train_digits (+ all 81 1-digit)
   carry_fact_digits: int = 0  # base model: + split problems of 2..this many digits showing every x+y+carry (0: none)
-  seed_steps: int = 500  # base model: training steps on the seed examples
+  seed_steps: int = 500  # base model: training steps on the seed examples (unused with model.hf_path)
   seed: int = 0  # every rng of the loop derives from (seed, iteration, phase)
 
   def __post_init__(self):
-    for key in ("iterations", "base_steps", "max_new_tokens", "generate_batch_size", "seed_steps"):
+    for key in ("iterations", "base_steps", "max_new_tokens", "generate_batch_size"):
       _require(getattr(self, key) > 0, f"star.{key}", getattr(self, key), "must be > 0")
+    for key in ("num_shots", "seed_steps"):
+      _require(getattr(self, key) >= 0, f"star.{key}", getattr(self, key), "must be >= 0")
     _require(self.growth > 0, "star.growth", self.growth, "must be > 0")
     _require(0 < self.fraction_of_D <= 1, "star.fraction_of_D", self.fraction_of_D, "must be in (0, 1]")
     _require(self.temperature >= 0, "star.temperature", self.temperature, "must be >= 0")
@@ -136,13 +161,35 @@ class StarConfig:
 
 @dataclasses.dataclass(frozen=True)
 class StarExperimentConfig(ExperimentConfig):
-  """An ExperimentConfig plus the `star` section; accepted wherever an ExperimentConfig is."""
+  """An ExperimentConfig plus the `star` section; accepted wherever an ExperimentConfig is.
+
+  hf_path (the config's `model.hf_path`): a local Hugging Face model directory whose weights are the base
+  model M and whose tokenizer.json tokenizes; `model` then holds the checkpoint's architecture (read from
+  its config.json by `star_experiment_from_config`). "" = the character tokenizer and a base model trained
+  on arithmetic seed scratchpads (star.make_base_model).
+  """
   star: StarConfig = dataclasses.field(default_factory=StarConfig)
+  hf_path: str = ""
 
   def __post_init__(self):
-    _require(self.star.seed_per_digit <= self.data.rationales_per_digit, "star.seed_per_digit",
-             self.star.seed_per_digit, f"must be <= config.data.rationales_per_digit={self.data.rationales_per_digit} "
-             "(seed scratchpads are taken from the rationales split, which is disjoint from D and the test sets)")
+    arithmetic = self.data.task == "arithmetic"
+    if arithmetic:
+      _require(self.star.seed_per_digit <= self.data.rationales_per_digit, "star.seed_per_digit",
+               self.star.seed_per_digit,
+               f"must be <= config.data.rationales_per_digit={self.data.rationales_per_digit} "
+               "(seed scratchpads are taken from the rationales split, which is disjoint from D and the test sets)")
+      _require(self.star.num_shots == 0 and self.eval.num_shots == 0, "star.num_shots/eval.num_shots",
+               (self.star.num_shots, self.eval.num_shots),
+               "must be 0 for arithmetic (its base model is fine-tuned on seed scratchpads instead)")
+      _require(self.eval.split == "test", "eval.split", self.eval.split, "must be 'test' for arithmetic")
+    else:
+      _require(bool(self.hf_path), "model.hf_path", self.hf_path,
+               f"is required for the {self.data.task} task (the base model is a pretrained checkpoint)")
+      _require(f"{self.eval.split}_path" in TASK_PATHS[self.data.task], "eval.split", self.eval.split,
+               f"is not a split of the {self.data.task} task")
+      _require(not self.star.mix_seed, "star.mix_seed", self.star.mix_seed, "applies to arithmetic only")
+    _require(bool(self.hf_path) or self.star.seed_steps > 0, "star.seed_steps", self.star.seed_steps,
+             "must be > 0 to train the base model (or give model.hf_path)")
 
 
 def _require(ok: bool, key: str, value: Any, message: str) -> None:
@@ -207,12 +254,65 @@ def experiment_from_config(config: Mapping[str, Any]) -> ExperimentConfig:
                              for name, cls in _SECTIONS.items()})
 
 
+_HF_MODEL_KEYS = ("dtype", "param_dtype")  # the model keys that may be set beside model.hf_path
+
+
+def model_from_hf(mapping: Mapping[str, Any]) -> tuple[ModelConfig, str]:
+  """(ModelConfig, hf_path) of a model section `{"hf_path": dir, "dtype"?: ..., "param_dtype"?: ...}`.
+
+  The architecture comes from `<hf_path>/config.json` (star_jax.models.hf.config_from_hf); dtype and
+  param_dtype default to the checkpoint's torch_dtype. Any other key raises (it would be ignored).
+  """
+  from star_jax.models import hf  # noqa: PLC0415 (pulls in jax and safetensors)
+  mapping = dict(mapping)
+  path = _coerce(mapping.pop("hf_path"), str, "model.hf_path")
+  other = sorted(set(mapping) - set(_HF_MODEL_KEYS))
+  if other:
+    raise ValueError(f"config.model.{other[0]} cannot be set with config.model.hf_path={path!r}: the architecture "
+                     f"comes from its config.json (only {', '.join(_HF_MODEL_KEYS)} may be set)")
+  file = os.path.join(path, "config.json")
+  if not os.path.isfile(file):
+    raise ValueError(f"config.model.hf_path: {file} not found (expected a local Hugging Face model directory)")
+  with open(file, encoding="utf-8") as f:
+    try:
+      hf_config = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"config.model.hf_path: {file}: invalid JSON ({e})") from None
+  model = hf.config_from_hf(hf_config, file)
+  overrides = {k: _coerce(v, str, f"model.{k}") for k, v in mapping.items()}
+  try:
+    return dataclasses.replace(model, **overrides), path
+  except ValueError as e:
+    raise ValueError(f"config.{e}") from None
+
+
 def star_experiment_from_config(config: Mapping[str, Any]) -> StarExperimentConfig:
-  """Validate a STaR experiment ConfigDict (the sections of `experiment_from_config` plus `star`)."""
+  """Validate a STaR experiment ConfigDict (the sections of `experiment_from_config` plus `star`).
+
+  A non-empty `model.hf_path` makes the model section the checkpoint's architecture (`model_from_hf`).
+  """
   config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
   sections = {**_SECTIONS, "star": StarConfig}
   unknown = sorted(set(config) - set(sections))
   if unknown:
     raise ValueError(f"unknown config section(s) {unknown}; valid sections: {sorted(sections)}")
-  return StarExperimentConfig(**{name: dataclass_from_mapping(cls, config.get(name, {}), name)
-                                 for name, cls in sections.items()})
+  kwargs = {name: dataclass_from_mapping(cls, config.get(name, {}), name)
+            for name, cls in sections.items() if name != "model"}
+  model_section = config.get("model", {})
+  if model_section.get("hf_path"):
+    kwargs["model"], kwargs["hf_path"] = model_from_hf(model_section)
+  else:
+    kwargs["model"] = dataclass_from_mapping(ModelConfig, {k: v for k, v in model_section.items() if k != "hf_path"},
+                                             "model")
+  return StarExperimentConfig(**kwargs)
+
+
+def field_defaults(cls) -> dict[str, Any]:
+  """{field name: default value} of a dataclass (fields without a default are left out)."""
+  out = {}
+  for f in dataclasses.fields(cls):
+    if f.default is not dataclasses.MISSING:
+      out[f.name] = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+      out[f.name] = f.default_factory()
+  return out

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
 from star_jax import sampling, sharding
-from star_jax.data import CharTokenizer, Problem, arithmetic, verifiers
+from star_jax.data import CharTokenizer, Problem, tasks
 from star_jax.models import ModelConfig
+from star_jax.star_data import cut_at_stop
 
 
 def generate_texts(model_config: ModelConfig, params, tokenizer: CharTokenizer, prompts: Sequence[str], *,
@@ -47,18 +48,40 @@ def arithmetic_accuracy(model_config: ModelConfig, params, tokenizer: CharTokeni
   Each length gets a generation cap of its full scratchpad length + 16 tokens (<= max_new_tokens), so
   runaway generations stop early.
   """
-  cfg = sampling.SamplingConfig(max_new_tokens=max_new_tokens)
+  task = tasks.ArithmeticTask()
+
+  def cap(examples):
+    worst_case = max(len(task.target(e)) for e in examples) + 1
+    return min(worst_case + 16, max_new_tokens)
+
+  return task_accuracy(model_config, params, tokenizer, task,
+                       {n: [task.example(p) for p in problems] for n, problems in problems_by_digits.items()},
+                       mesh=mesh, batch_size=batch_size, max_new_tokens=max_new_tokens, cap=cap,
+                       group_name=lambda n: f"{n}digit")
+
+
+def task_accuracy(model_config: ModelConfig, params, tokenizer, task: tasks.Task,
+                  examples_by_group: Mapping[int, Sequence[tasks.Example]], *, mesh: Mesh, batch_size: int,
+                  max_new_tokens: int, cap: Callable[[list[tasks.Example]], int] | None = None,
+                  exemplars: Sequence[tasks.Example] = (), stop_sequences: tuple[tuple[int, ...], ...] = (),
+                  group_name: Callable[[int], str] = lambda g: f"group{g}") -> dict[str, float]:
+  """Greedy accuracy 1(ŷ = y) (`task.is_correct`) per group ("acc_<group_name(g)>") and overall ("acc_overall").
+
+  Prompts are `task.few_shot_prompt(x, exemplars)`; generations stop at EOS, at `stop_sequences`
+  (token ids) or after `cap(group)` tokens (default: max_new_tokens) and are cut at the task's stop
+  strings before judging (star_data.cut_at_stop), so the sampler's stop is only a speed-up.
+  """
+  cfg = sampling.SamplingConfig(max_new_tokens=max_new_tokens, stop_sequences=stop_sequences)
   results: dict[str, float] = {}
   correct_total = count_total = 0
-  for n_digits in sorted(problems_by_digits):
-    problems = list(problems_by_digits[n_digits])
-    worst_case = max(len(arithmetic.target_text(p)) for p in problems) + 1
-    texts = generate_texts(model_config, params, tokenizer, [arithmetic.prompt_text(p) for p in problems],
+  for group in sorted(examples_by_group):
+    examples = list(examples_by_group[group])
+    texts = generate_texts(model_config, params, tokenizer, [task.few_shot_prompt(e, exemplars) for e in examples],
                            mesh=mesh, sampling_config=cfg, batch_size=batch_size,
-                           max_new_tokens=min(worst_case + 16, max_new_tokens))
-    correct = int(np.sum([verifiers.is_correct(p, t) for p, t in zip(problems, texts)]))
-    results[f"acc_{n_digits}digit"] = correct / len(problems)
+                           max_new_tokens=max_new_tokens if cap is None else cap(examples))
+    correct = int(np.sum([task.is_correct(e, cut_at_stop(t, task.stop_strings)) for e, t in zip(examples, texts)]))
+    results[f"acc_{group_name(group)}"] = correct / len(examples)
     correct_total += correct
-    count_total += len(problems)
+    count_total += len(examples)
   results["acc_overall"] = correct_total / max(count_total, 1)
   return results

@@ -19,12 +19,20 @@ from star_jax.config import DataConfig, ExperimentConfig
 from star_jax.data import CharTokenizer, build_arithmetic, make_eval_problems, make_train_dataset
 
 
-def tokenizer_and_mesh(cfg: ExperimentConfig):
-  """The character tokenizer and the device mesh, after checking the config fits both."""
-  tokenizer = CharTokenizer()
-  if cfg.model.vocab_size != tokenizer.vocab_size:
-    raise ValueError(f"config.model.vocab_size must equal the tokenizer's {tokenizer.vocab_size}, "
-                     f"got {cfg.model.vocab_size}")
+def tokenizer_and_mesh(cfg: ExperimentConfig, tokenizer=None):
+  """The tokenizer (default: the character tokenizer) and the device mesh, after checking the config fits both.
+
+  The character tokenizer's vocabulary must equal model.vocab_size; another tokenizer's (e.g. a Hugging
+  Face checkpoint's, whose embedding table is often padded) must fit in it.
+  """
+  if tokenizer is None:
+    tokenizer = CharTokenizer()
+    if cfg.model.vocab_size != tokenizer.vocab_size:
+      raise ValueError(f"config.model.vocab_size must equal the tokenizer's {tokenizer.vocab_size}, "
+                       f"got {cfg.model.vocab_size}")
+  elif tokenizer.vocab_size > cfg.model.vocab_size:
+    raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's vocab_size "
+                     f"{cfg.model.vocab_size}")
   mesh = sharding.make_mesh(cfg.mesh.axes)
   if cfg.train.batch_size % (sharding.batch_divisor(mesh) * jax.process_count()):
     raise ValueError(f"config.train.batch_size={cfg.train.batch_size} must be a multiple of the mesh's "

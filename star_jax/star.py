@@ -8,7 +8,13 @@ Algorithm 1. Given a base model M and questions D = {(x_i, y_i)} without rationa
      D_n^rat = {(x_i, r_i^rat, y_i) : 1(ŷ_i^rat = y_i)}, saved WITHOUT the hint (plain prompt x_i);
   4. M_n = train(M, D_n ∪ D_n^rat) for ceil(base_steps * growth^(n-1)) steps, always FROM THE BASE MODEL M
      (`restart_from_base=False` continues from M_{n-1}, an ablation);
-  5. evaluate M_n on held-out questions (greedy accuracy per digit length).
+  5. evaluate M_n on held-out questions (greedy accuracy, overall and per group: digit length for arithmetic).
+
+The loop sees a task only through star_jax.data.tasks.Task (prompt, hinted_prompt, is_correct, trim,
+few_shot_prompt) and Example.group; star_tasks.py sets up each task's data, tokenizer and base model:
+arithmetic (generated data, character tokenizer, a base model trained here) or GSM8K / CommonsenseQA (the
+user's JSONL files and a pretrained Hugging Face checkpoint, config.model.hf_path, with optional few-shot
+exemplars before every generation prompt: star.num_shots).
 
 Every phase writes its output atomically under `<workdir>/iter_<n>/` and is skipped when that output
 exists, so a killed run re-started with the same command ends with the same parameters and metrics:
@@ -22,7 +28,8 @@ exists, so a killed run re-started with the same command ends with the same para
   star_metrics.jsonl, star_report.md, star_accuracy.png, logs/ (TensorBoard)   rewritten every iteration
 
 Every rng derives from (star.seed, iteration, phase) (star_data.phase_key / phase_seed). The base model
-comes from the caller; `make_base_model` trains one on seed scratchpads disjoint from D and the test sets.
+comes from the caller: `base_params` loads config.model.hf_path, or (arithmetic) `make_base_model` trains
+one on seed scratchpads disjoint from D and the test sets.
 """
 
 from __future__ import annotations
@@ -38,10 +45,10 @@ from typing import Any
 import jax
 from absl import logging
 
-from star_jax import checkpoint, evaluate, finetune, metrics, sampling, sharding, star_report, train
+from star_jax import checkpoint, config, evaluate, metrics, sampling, sharding, star_report, star_tasks, train
 from star_jax import star_data as sd
 from star_jax.config import StarExperimentConfig
-from star_jax.data import CharTokenizer, make_eval_problems, make_train_dataset
+from star_jax.data import make_train_dataset
 
 
 @dataclasses.dataclass
@@ -50,10 +57,22 @@ class _Context:
   generator: Callable  # params -> sd.Generate
   workdir: str
   mesh: jax.sharding.Mesh
-  tokenizer: CharTokenizer
-  builder: object
-  questions: list  # D, all digit lengths 1..max_train_digits
-  tests: dict  # n_digits -> held-out problems
+  tokenizer: Any  # CharTokenizer or HFTokenizer
+  data: star_tasks.TaskData
+  cap: Callable  # list[Example] -> generation cap (star_tasks.generation_cap)
+  stops: tuple  # the task's stop strings as token sequences (star_tasks.stop_sequences)
+
+  @property
+  def task(self):
+    return self.data.task
+
+  @property
+  def questions(self) -> list:
+    return self.data.questions  # D (Examples)
+
+  @property
+  def tests(self) -> dict:
+    return self.data.tests  # group -> held-out Examples
 
   def iter_dir(self, n: int) -> str:
     return os.path.join(self.workdir, f"iter_{n}")
@@ -62,12 +81,11 @@ class _Context:
 def _setup(cfg: StarExperimentConfig, workdir: str) -> _Context:
   if not isinstance(cfg, StarExperimentConfig):
     raise TypeError(f"STaR needs a StarExperimentConfig (config.star_experiment_from_config), got {type(cfg).__name__}")
-  tokenizer, mesh = finetune.tokenizer_and_mesh(cfg)
-  d = cfg.data
-  builder = finetune.build_dataset(d, workdir)
-  questions = sd.problems_from_source(builder.as_data_source("questions"))
-  tests = {n: make_eval_problems(builder.as_data_source(f"test_{n}digit")) for n in range(1, d.max_test_digits + 1)}
-  ctx = _Context(cfg, None, os.path.abspath(workdir), mesh, tokenizer, builder, questions, tests)
+  tokenizer, mesh = star_tasks.tokenizer_and_mesh(cfg)
+  data = star_tasks.load_task_data(cfg, workdir)
+  ctx = _Context(cfg, None, os.path.abspath(workdir), mesh, tokenizer, data,
+                 star_tasks.generation_cap(cfg, data.task, tokenizer),
+                 star_tasks.stop_sequences(tokenizer, data.task.stop_strings))
   ctx.generator = functools.partial(sampler_generator, ctx)
   return ctx
 
@@ -140,8 +158,15 @@ def load_iteration_params(cfg: StarExperimentConfig, workdir: str, iteration: in
   return _restore_params(cfg, mesh, os.path.join(os.path.abspath(workdir), name))
 
 
+def base_params(cfg: StarExperimentConfig, workdir: str):
+  """The base model M: the weights of config.model.hf_path, or (arithmetic) `make_base_model`'s."""
+  if cfg.hf_path:
+    return star_tasks.load_hf_base(cfg, star_tasks.tokenizer_and_mesh(cfg)[1])
+  return make_base_model(cfg, workdir)
+
+
 def make_base_model(cfg: StarExperimentConfig, workdir: str):
-  """Train (or load the cached) base model M in `<workdir>/base/` on the seed examples; returns params.
+  """Arithmetic: train (or load the cached) base model M in `<workdir>/base/` on the seed examples; params.
 
   Seed examples: all 81 one-digit problems, `star.seed_per_digit` problems per length
   2..max_train_digits from the rationales split (disjoint from D and the test sets), and (with
@@ -150,6 +175,9 @@ def make_base_model(cfg: StarExperimentConfig, workdir: str):
   once with the plain prompt and once with the hinted prompt (so that rationalization has a
   format to follow). Never trained on a rationale of a question in D or a test set of >= 2 digits.
   """
+  if not star_tasks.is_arithmetic(cfg):
+    raise ValueError(f"the {cfg.data.task} task has no seed-trained base model: give config.model.hf_path "
+                     "(star.base_params loads it)")
   ctx = _setup(cfg, workdir)
   directory = os.path.join(ctx.workdir, "base")
   if os.path.exists(os.path.join(directory, "train.json")):
@@ -169,9 +197,9 @@ def base_examples(cfg: StarExperimentConfig, workdir: str) -> list[dict]:
 
 
 def _seed_examples(ctx: _Context) -> list[dict]:
-  cfg = ctx.cfg
-  rationales = sd.problems_from_source(ctx.builder.as_data_source("rationales"))
-  exclude = set(ctx.questions).union(*ctx.tests.values())
+  cfg, task = ctx.cfg, ctx.task
+  rationales = sd.problems_from_source(ctx.data.builder.as_data_source("rationales"))
+  exclude = {task.problem(e) for e in ctx.questions + [e for t in ctx.tests.values() for e in t]}
   problems = sd.seed_problems(rationales, cfg.data.max_train_digits, cfg.star.seed_per_digit,
                               sd.phase_seed(cfg.star.seed, 0, sd.SUBSAMPLE), exclude)
   if cfg.star.carry_fact_digits:
@@ -183,9 +211,11 @@ def _seed_examples(ctx: _Context) -> list[dict]:
 # ---- the loop ----
 
 def sampler_generator(ctx: _Context, params) -> sd.Generate:
-  """The default generator: the KV-cache sampler (greedy or star.temperature), batches of generate_batch_size."""
+  """The default generator: the KV-cache sampler (greedy or star.temperature), batches of generate_batch_size,
+  stopping at EOS, the generation cap and the task's stop strings (star_tasks.stop_sequences)."""
   cfg = ctx.cfg
-  sampling_config = sampling.SamplingConfig(max_new_tokens=cfg.star.max_new_tokens, temperature=cfg.star.temperature)
+  sampling_config = sampling.SamplingConfig(max_new_tokens=cfg.star.max_new_tokens, temperature=cfg.star.temperature,
+                                            stop_sequences=ctx.stops)
 
   def generate(prompts, max_new_tokens, rng):
     return evaluate.generate_texts(cfg.model, params, ctx.tokenizer, prompts, mesh=ctx.mesh,
@@ -194,17 +224,18 @@ def sampler_generator(ctx: _Context, params) -> sd.Generate:
   return generate
 
 
-def _generation_phase(ctx: _Context, n: int, name: str, problems, params_fn, *, hint: bool) -> list[dict]:
-  """Generate (hinted or not) for `problems` with M_{n-1}, or load `iter_<n>/<name>.jsonl` if it exists."""
+def _generation_phase(ctx: _Context, n: int, name: str, examples, params_fn, *, hint: bool) -> list[dict]:
+  """Generate (hinted or not) for `examples` with M_{n-1}, or load `iter_<n>/<name>.jsonl` if it exists."""
   path = os.path.join(ctx.iter_dir(n), f"{name}.jsonl")
   if os.path.exists(path):
     return sd.read_jsonl(path)
   t0 = time.perf_counter()
   records = []
-  if problems:
+  if examples:
     phase = sd.RATIONALIZE if hint else sd.GENERATE
-    records = sd.generate_records(problems, ctx.generator(params_fn()), sd.phase_key(ctx.cfg.star.seed, n, phase),
-                                  hint=hint, max_new_tokens=ctx.cfg.star.max_new_tokens, seq_len=ctx.cfg.train.seq_len)
+    records = sd.generate_task_records(ctx.task, examples, ctx.generator(params_fn()),
+                                       sd.phase_key(ctx.cfg.star.seed, n, phase), hint=hint, cap=ctx.cap,
+                                       exemplars=ctx.data.exemplars[:ctx.cfg.star.num_shots])
   timings_path = os.path.join(ctx.iter_dir(n), "timings.json")
   timings = sd.read_json(timings_path) if os.path.exists(timings_path) else {}
   sd.write_json(timings_path, {**timings, f"seconds_{name}": time.perf_counter() - t0})
@@ -217,12 +248,21 @@ def _eval_phase(ctx: _Context, n: int, params_fn) -> dict:
   if os.path.exists(path):
     return sd.read_json(path)
   t0 = time.perf_counter()
-  cfg = ctx.cfg
-  accuracy = evaluate.arithmetic_accuracy(cfg.model, params_fn(), ctx.tokenizer, ctx.tests, mesh=ctx.mesh,
-                                          batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens)
-  train_lengths = range(1, cfg.data.max_train_digits + 1)
-  accuracy["acc_train_lengths"] = sum(accuracy[f"acc_{k}digit"] * len(ctx.tests[k]) for k in train_lengths) / sum(
-      len(ctx.tests[k]) for k in train_lengths)
+  cfg, task = ctx.cfg, ctx.task
+  if star_tasks.is_arithmetic(cfg):
+    problems = {k: [task.problem(e) for e in examples] for k, examples in ctx.tests.items()}
+    accuracy = evaluate.arithmetic_accuracy(cfg.model, params_fn(), ctx.tokenizer, problems, mesh=ctx.mesh,
+                                            batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens)
+    train_lengths = range(1, cfg.data.max_train_digits + 1)
+    accuracy["acc_train_lengths"] = sum(accuracy[f"acc_{k}digit"] * len(ctx.tests[k]) for k in train_lengths) / sum(
+        len(ctx.tests[k]) for k in train_lengths)
+  elif ctx.tests:
+    accuracy = evaluate.task_accuracy(cfg.model, params_fn(), ctx.tokenizer, task, ctx.tests, mesh=ctx.mesh,
+                                      batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
+                                      exemplars=ctx.data.exemplars[:cfg.eval.num_shots], stop_sequences=ctx.stops,
+                                      group_name=functools.partial(star_tasks.group_name, task))
+  else:
+    accuracy = {}  # no held-out split given
   result = {"accuracy": accuracy, "seconds": time.perf_counter() - t0}
   sd.write_json(path, result)
   return result
@@ -251,8 +291,8 @@ def _iteration(ctx: _Context, n: int, store: _Params, writer) -> dict:
   generated = _generation_phase(ctx, n, "generated", questions, lambda: store.get(n - 1), hint=False)
   rationalized = []
   if star.rationalize:
-    rationalized = _generation_phase(ctx, n, "rationalized", sd.failures(generated), lambda: store.get(n - 1),
-                                     hint=True)
+    rationalized = _generation_phase(ctx, n, "rationalized", sd.failed_examples(ctx.task, generated),
+                                     lambda: store.get(n - 1), hint=True)
 
   train_json = os.path.join(ctx.iter_dir(n), "train.json")
   if os.path.exists(train_json):
@@ -261,6 +301,7 @@ def _iteration(ctx: _Context, n: int, store: _Params, writer) -> dict:
     examples = sd.training_examples(generated) + sd.training_examples(rationalized)
     if star.mix_seed:
       examples += _seed_examples(ctx)
+    examples = star_tasks.fitting_examples(examples, ctx.tokenizer, cfg.train.seq_len)
     init_params = store.get(0) if star.restart_from_base else store.get(n - 1)
     params, train_info = fine_tune(cfg, ctx.mesh, ctx.tokenizer, examples, init_params,
                                    sd.steps_for_iteration(star.base_steps, star.growth, n), ctx.iter_dir(n),
@@ -272,14 +313,18 @@ def _iteration(ctx: _Context, n: int, store: _Params, writer) -> dict:
 
   timings_path = os.path.join(ctx.iter_dir(n), "timings.json")
   timings = sd.read_json(timings_path) if os.path.exists(timings_path) else {}
-  lengths = range(1, cfg.data.max_train_digits + 1)
+  if star_tasks.is_arithmetic(cfg):
+    groups = range(1, cfg.data.max_train_digits + 1)
+  else:
+    groups = sorted({e.group for e in ctx.questions})
   record = {"iteration": n, "questions": len(questions),
             "kept_generated": sum(r["correct"] for r in generated),
             "kept_rationalized": sum(r["correct"] for r in rationalized),
             "train_examples": train_info["examples"], "train_steps": train_info["steps"],
             "train_loss": train_info["final_loss"]}
   for source, records in (("generated", generated), ("rationalized", rationalized)):
-    record.update({f"kept_{source}_{k}digit": v for k, v in sd.kept_by_digits(records, lengths).items()})
+    record.update({f"kept_{source}_{star_tasks.group_name(ctx.task, g)}": v
+                   for g, v in sd.kept_by_group(records, groups).items()})
   record.update(evaluation["accuracy"])
   record.update({"seconds_generated": timings.get("seconds_generated"),
                  "seconds_rationalized": timings.get("seconds_rationalized"),
@@ -289,7 +334,8 @@ def _iteration(ctx: _Context, n: int, store: _Params, writer) -> dict:
 
 def _check_same_config(ctx: _Context) -> None:
   """Refuse to resume a workdir made with a different config (star.iterations may grow; eval, checkpoint
-  and mesh settings may change). Writes `<workdir>/star_config.json` on the first run."""
+  and mesh settings may change). Writes `<workdir>/star_config.json` on the first run. A field added to
+  the config since that file was written counts as unchanged while it keeps its default value."""
   path = os.path.join(ctx.workdir, "star_config.json")
   current = json.loads(json.dumps(dataclasses.asdict(ctx.cfg)))
   if not os.path.exists(path):
@@ -297,9 +343,15 @@ def _check_same_config(ctx: _Context) -> None:
     return
   saved = sd.read_json(path)
   ignored = {("star", "iterations"), ("star", "generate_batch_size"), ("data", "data_dir")}
-  differ = [f"config.{section}.{key}: {saved[section].get(key)!r} -> {value!r}"
-            for section in ("model", "data", "train", "star") for key, value in current[section].items()
-            if (section, key) not in ignored and saved[section].get(key) != value]
+  differ = []
+  for section in ("model", "data", "train", "star"):
+    defaults = json.loads(json.dumps(config.field_defaults(type(getattr(ctx.cfg, section)))))
+    for key, value in current[section].items():
+      old = saved[section].get(key, defaults.get(key))
+      if (section, key) not in ignored and old != value:
+        differ.append(f"config.{section}.{key}: {old!r} -> {value!r}")
+  if saved.get("hf_path", "") != current["hf_path"]:
+    differ.append(f"config.model.hf_path: {saved.get('hf_path', '')!r} -> {current['hf_path']!r}")
   if differ:
     raise ValueError(f"{ctx.workdir} holds a STaR run with a different config; use a new workdir. "
                      f"Differences: {'; '.join(differ)}")
@@ -310,8 +362,9 @@ def run(cfg: StarExperimentConfig, workdir: str, base_params,
   """Run (or resume) star.iterations STaR iterations from `base_params`; returns one record per iteration.
 
   Record 0 is the base model's evaluation; record n has the questions generated on, examples kept by
-  generation and by rationalization (total and per digit length), training steps/examples/final loss,
-  held-out accuracy (overall, per digit length, over the training lengths) and each phase's wall time.
+  generation and by rationalization (total and per group: kept_<source>_<n>digit for arithmetic,
+  kept_<source>_group<g> otherwise), training steps/examples/final loss, held-out accuracy (acc_overall and
+  per group; arithmetic: acc_<n>digit and acc_train_lengths) and each phase's wall time.
   Records go to `<workdir>/star_metrics.jsonl`, TensorBoard (`logs/`, tags star/*), `star_report.md`,
   `star_accuracy.png`, and a one-line summary per iteration to stdout.
 

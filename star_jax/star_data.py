@@ -1,17 +1,25 @@
 """The data side of the STaR loop: seed examples, generation → filter → rationalization, atomic phase files.
 
-Everything here is plain Python over `Problem`s and text; the model enters only through a `Generate`
-callable `(prompts, max_new_tokens, rng) -> texts`, so the filtering and rationalization steps are tested
-with hand-made generations (tests/test_star.py) and run in star.py with the KV-cache sampler.
+Everything here is plain Python over task `Example`s (star_jax.data.tasks) and text; the model enters only
+through a `Generate` callable `(prompts, max_new_tokens, rng) -> texts`, so the filtering and
+rationalization steps are tested with hand-made generations (tests/test_star*.py) and run in star.py with
+the KV-cache sampler.
 
-Saved generation records (`iter_<n>/generated.jsonl`, `iter_<n>/rationalized.jsonl`), one per question:
+Saved generation records (`iter_<n>/generated.jsonl`, `iter_<n>/rationalized.jsonl`), one per question.
+Arithmetic (the format every arithmetic workdir has; `generate_records` over `Problem`s):
 
     {"a": 152, "b": 702, "n_digits": 3, "prompt": "Input:\\n1 5 2 + 7 0 2\\nTarget:\\n",
      "target": "<scratch>\\n...\\n</scratch>\\n8 5 4\\n", "correct": true, "source": "generated"}
 
-`prompt` is always the plain `prompt_text(p)`: a rationalization was generated from the hinted prompt, and
-the hint is removed before saving, as in the paper. `target` is the generation cut after its answer line
-(as the official code keeps `output[:answer_line + 1]`); records with `correct` are the training examples.
+Any other task (`generate_task_records`): the Example itself (Example.to_json) and the answer extracted:
+
+    {"group": 0, "example": {"question": ..., "answer": "72", ...}, "prompt": "Q: ...\\nA:",
+     "target": " ... #### 72\\n", "predicted": "72", "correct": true, "source": "generated"}
+
+`prompt` is always the plain zero-shot `task.prompt(x)`: a generation was prompted behind few-shot
+exemplars (if any) and a rationalization with the hint, and both are removed before saving, as in the paper.
+`target` is the generation cut after its answer line (`task.trim`, as the official code keeps
+`output[:answer_line + 1]`); records with `correct` are the training examples.
 """
 
 from __future__ import annotations
@@ -24,8 +32,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import jax
 import numpy as np
 
-from star_jax.data import arithmetic, verifiers
+from star_jax.data import arithmetic
 from star_jax.data.arithmetic import Problem
+from star_jax.data.tasks import ArithmeticTask, Example, Task
 
 # (prompts, max_new_tokens, rng) -> one generated continuation per prompt (special tokens stripped).
 Generate = Callable[[Sequence[str], int, jax.Array], list[str]]
@@ -131,19 +140,10 @@ def subsample(problems: Sequence[Problem], fraction: float, seed: int, iteration
 # ---- generate → filter → rationalize ----
 
 def trim_after_answer(text: str) -> str:
-  """The generation up to and including its answer line (the first non-empty line after '</scratch>').
-
-  Unchanged when there is no answer line. Whatever the model wrote after the answer is never trained on.
+  """Arithmetic: the generation up to and including its answer line (the first non-empty line after
+  '</scratch>'); unchanged when there is none. Whatever the model wrote after the answer is never trained on.
   """
-  close = text.find(arithmetic.SCRATCH_CLOSE)
-  if close < 0:
-    return text
-  start = close + len(arithmetic.SCRATCH_CLOSE)
-  for line in text[start:].split("\n"):
-    if line.strip():
-      return text[:start + len(line)] + "\n"
-    start += len(line) + 1
-  return text
+  return ArithmeticTask().trim(text)
 
 
 def generation_cap(problems: Sequence[Problem], max_new_tokens: int, seq_len: int) -> int:
@@ -161,26 +161,73 @@ def generation_cap(problems: Sequence[Problem], max_new_tokens: int, seq_len: in
 
 def generate_records(problems: Sequence[Problem], generate: Generate, rng: jax.Array, *, hint: bool,
                      max_new_tokens: int, seq_len: int) -> list[dict]:
-  """Generate once per problem (hinted prompt if `hint`), judge with 1(ŷ = y), save with the plain prompt.
+  """Arithmetic: `generate_task_records` over Problems, one generation cap per digit length
+  (`generation_cap`); the records keep the arithmetic format (a, b, n_digits, ...)."""
+  task = ArithmeticTask()
+  return generate_task_records(task, [task.example(p) for p in problems], generate, rng, hint=hint,
+                               cap=lambda group: generation_cap([task.problem(e) for e in group], max_new_tokens,
+                                                                seq_len))
 
-  Problems go to `generate` grouped by digit length (similar prompt and output lengths, one generation
-  cap per group; the group's rng is fold_in(rng, n_digits)). Records come back in `problems`' order.
+
+def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
+  """`text` up to and including the earliest of `stop_strings` (unchanged if none occurs).
+
+  The sampler may stop at a stop string's tokens, or may not (another tokenization of it, or none given):
+  cutting the text here makes the result the same either way, since nothing before the stop depends on
+  what comes after it.
   """
-  make_prompt = arithmetic.hinted_prompt_text if hint else arithmetic.prompt_text
-  by_length: dict[int, list[int]] = {}
-  for i, p in enumerate(problems):
-    by_length.setdefault(p.n_digits, []).append(i)
-  records: list[dict | None] = [None] * len(problems)
-  for n_digits in sorted(by_length):
-    group = [problems[i] for i in by_length[n_digits]]
-    cap = generation_cap(group, max_new_tokens, seq_len)
-    texts = generate([make_prompt(p) for p in group], cap, jax.random.fold_in(rng, n_digits))
+  ends = [i + len(s) for s in stop_strings if (i := text.find(s)) >= 0]
+  return text[:min(ends)] if ends else text
+
+
+def record_key(task: Task, example: Example) -> dict:
+  """The fields that identify a record's question: a, b, n_digits (arithmetic) or group + the Example."""
+  if isinstance(task, ArithmeticTask):
+    p = task.problem(example)
+    return {"a": p.a, "b": p.b, "n_digits": p.n_digits}
+  return {"group": example.group, "example": example.to_json()}
+
+
+def record_example(task: Task, record: Mapping) -> Example:
+  """The Example a saved record was generated for (inverse of `record_key`)."""
+  if isinstance(task, ArithmeticTask):
+    return task.example(record_problem(record))
+  return Example.from_json(record["example"])
+
+
+def record_group(record: Mapping) -> int:
+  return int(record["n_digits"] if "n_digits" in record else record["group"])
+
+
+def generate_task_records(task: Task, examples: Sequence[Example], generate: Generate, rng: jax.Array, *,
+                          hint: bool, cap: Callable[[list[Example]], int],
+                          exemplars: Sequence[Example] = ()) -> list[dict]:
+  """Generate once per example, judge with 1(ŷ = y), save with the plain prompt (Algorithm 1, steps 1-3).
+
+  Prompts: `task.few_shot_prompt(x, exemplars, hint=hint)` (the plain or hinted prompt without
+  exemplars). Examples go to `generate` grouped by `Example.group` (similar prompt and output lengths;
+  the group's generation cap is `cap(group's examples)`, its rng fold_in(rng, group)). Each text is cut at
+  the task's stop strings (`cut_at_stop`), judged with `task.is_correct` and saved as `task.trim` of it.
+  Records come back in `examples`' order.
+  """
+  by_group: dict[int, list[int]] = {}
+  for i, e in enumerate(examples):
+    by_group.setdefault(e.group, []).append(i)
+  records: list[dict | None] = [None] * len(examples)
+  arithmetic_task = isinstance(task, ArithmeticTask)
+  for group_id in sorted(by_group):
+    group = [examples[i] for i in by_group[group_id]]
+    texts = generate([task.few_shot_prompt(e, exemplars, hint=hint) for e in group], cap(group),
+                     jax.random.fold_in(rng, group_id))
     if len(texts) != len(group):
       raise ValueError(f"generator returned {len(texts)} texts for {len(group)} prompts")
-    for i, p, text in zip(by_length[n_digits], group, texts):
-      records[i] = {"a": p.a, "b": p.b, "n_digits": p.n_digits, "prompt": arithmetic.prompt_text(p),
-                    "target": trim_after_answer(text), "correct": bool(verifiers.is_correct(p, text)),
-                    "source": "rationalized" if hint else "generated"}
+    for i, e, text in zip(by_group[group_id], group, texts):
+      text = cut_at_stop(text, task.stop_strings)
+      record = {**record_key(task, e), "prompt": task.prompt(e), "target": task.trim(text)}
+      if not arithmetic_task:  # (the arithmetic record format predates this field)
+        record["predicted"] = task.extract_answer(text)
+      record.update(correct=bool(task.is_correct(e, text)), source="rationalized" if hint else "generated")
+      records[i] = record
   return records  # type: ignore[return-value]
 
 
@@ -189,8 +236,13 @@ def record_problem(record: Mapping) -> Problem:
 
 
 def failures(records: Iterable[Mapping]) -> list[Problem]:
-  """The problems whose generation was wrong: what rationalization retries with a hint."""
+  """Arithmetic: the problems whose generation was wrong: what rationalization retries with a hint."""
   return [record_problem(r) for r in records if not r["correct"]]
+
+
+def failed_examples(task: Task, records: Iterable[Mapping]) -> list[Example]:
+  """The examples whose generation was wrong: what rationalization retries with a hint."""
+  return [record_example(task, r) for r in records if not r["correct"]]
 
 
 def training_examples(records: Iterable[Mapping]) -> list[dict]:
@@ -199,7 +251,12 @@ def training_examples(records: Iterable[Mapping]) -> list[dict]:
 
 
 def kept_by_digits(records: Sequence[Mapping], digit_lengths: Iterable[int]) -> dict[int, int]:
-  return {n: sum(1 for r in records if r["correct"] and r["n_digits"] == n) for n in digit_lengths}
+  return kept_by_group(records, digit_lengths)
+
+
+def kept_by_group(records: Sequence[Mapping], groups: Iterable[int]) -> dict[int, int]:
+  """Correct records per group (arithmetic: per digit length)."""
+  return {g: sum(1 for r in records if r["correct"] and record_group(r) == g) for g in groups}
 
 
 # ---- atomic files ----

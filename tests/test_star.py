@@ -31,6 +31,7 @@ CONSTANT_STEPS = {"growth": 1.0}
 def tiny_config(data_dir, **star_overrides):
   c = star_arithmetic.get_config("tiny")
   c.data.data_dir = str(data_dir)
+  c.star.fraction_of_D = 1.0  # all of D every iteration (whatever the experiment's default)
   for k, v in star_overrides.items():
     c.star[k] = v
   return star_experiment_from_config(c)
@@ -199,7 +200,8 @@ def test_seed_examples_avoid_d_and_the_test_sets(straight, data_dir):
   assert len(plain) == len(hinted) == 81 + cfg.star.seed_per_digit * (cfg.data.max_train_digits - 1)
   assert {p for p in problems if p.n_digits == 1} == {Problem(a, b) for a in range(1, 10) for b in range(1, 10)}
   ctx = star._setup(cfg, str(workdir))
-  held_out = set(ctx.questions).union(*ctx.tests.values())
+  held_out = {ctx.task.problem(e) for e in ctx.questions + [e for t in ctx.tests.values() for e in t]}
+  assert len(ctx.questions) == 16 and sorted(ctx.tests) == [1, 2, 3]  # D (1-2 digits), test sets (1-3 digits)
   assert not [p for p in problems if p.n_digits >= 2 and p in held_out]
   assert all(e["target"] == arithmetic.target_text(p) for e, p in zip(plain, problems))
   assert [e["prompt"] for e in hinted] == [arithmetic.hinted_prompt_text(p) for p in problems]
@@ -340,6 +342,64 @@ def test_killed_run_resumes_to_the_uninterrupted_result(straight, data_dir, tmp_
     mp.setattr(star, "fine_tune", None)
     again = star.run(cfg, str(workdir), None, generator=None)
   assert [_no_seconds(r) for r in again] == [_no_seconds(r) for r in records]
+
+
+# ---- workdirs written before the loop became task-generic ----
+
+OLD_RECORD_KEYS = ["a", "b", "n_digits", "prompt", "target", "correct", "source"]  # in this order
+NEW_CONFIG_FIELDS = {"data": ("train_path", "validation_path", "test_path", "few_shot_path"),
+                     "eval": ("split", "num_shots"), "star": ("num_shots",)}
+
+
+def _as_old_workdir(reference, workdir):
+  """A copy of the reference workdir as the arithmetic-only code wrote it: star_config.json without the
+  fields added since (the records and eval files had exactly today's arithmetic format, checked here)."""
+  shutil.copytree(reference, workdir)
+  saved = json.loads((workdir / "star_config.json").read_text())
+  for section, keys in NEW_CONFIG_FIELDS.items():
+    for key in keys:
+      del saved[section][key]
+  del saved["hf_path"]
+  (workdir / "star_config.json").write_text(json.dumps(saved, indent=1))
+  for n in (1, 2):
+    for name in ("generated.jsonl", "rationalized.jsonl"):
+      assert all(list(r) == OLD_RECORD_KEYS for r in star_data.read_jsonl(workdir / f"iter_{n}" / name))
+    accuracy = json.loads((workdir / f"iter_{n}" / "eval.json").read_text())["accuracy"]
+    assert list(accuracy) == ["acc_1digit", "acc_2digit", "acc_3digit", "acc_overall", "acc_train_lengths"]
+
+
+def test_an_old_arithmetic_workdir_resumes_to_the_same_result(straight, data_dir, tmp_path):
+  """Iteration 2 of an old-format workdir is redone from its iteration-1 files: the same records and
+  files as the uninterrupted run (so a run started with the arithmetic-only loop resumes with this one)."""
+  cfg, reference = straight["cfg"], straight["workdir"]
+  workdir = tmp_path / "old"
+  _as_old_workdir(reference, workdir)
+  shutil.rmtree(workdir / "iter_2")
+  records = star.run(cfg, str(workdir), straight["base"], generator=oracle_generator)
+  assert [_no_seconds(r) for r in records] == [_no_seconds(r) for r in straight["records"]]
+  for name in ("generated.jsonl", "rationalized.jsonl"):
+    assert (workdir / "iter_2" / name).read_text() == (reference / "iter_2" / name).read_text()
+  assert json.loads((workdir / "iter_2" / "eval.json").read_text())["accuracy"] == \
+      json.loads((reference / "iter_2" / "eval.json").read_text())["accuracy"]
+  _assert_trees_equal(star.load_iteration_params(cfg, str(workdir), 2),
+                      star.load_iteration_params(cfg, str(reference), 2))
+  assert "num_shots" not in json.loads((workdir / "star_config.json").read_text())["star"]  # left as it was
+
+
+def test_an_old_config_file_differs_only_where_a_value_changed(straight, data_dir, tmp_path):
+  """A field missing from an old star_config.json counts as its default: resuming works while the new
+  value is the default, and a changed value is still refused."""
+  workdir = tmp_path / "old"
+  _as_old_workdir(straight["workdir"], workdir)
+  saved = json.loads((workdir / "star_config.json").read_text())
+  del saved["star"]["temperature"]  # as if temperature had been added after this run started
+  (workdir / "star_config.json").write_text(json.dumps(saved))
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(star, "fine_tune", None)  # everything exists: nothing is trained
+    records = star.run(straight["cfg"], str(workdir), straight["base"], generator=oracle_generator)
+  assert [_no_seconds(r) for r in records] == [_no_seconds(r) for r in straight["records"]]
+  with pytest.raises(ValueError, match=r"config.star.temperature: 0.0 -> 0.7"):
+    star.run(tiny_config(data_dir, **CONSTANT_STEPS, temperature=0.7), str(workdir), straight["base"])
 
 
 def test_addition_facts_follow_the_scratchpad_carries():

@@ -75,7 +75,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.star.temperature = 0.0  # rationale sampling temperature (0 = greedy)
   c.star.max_new_tokens = 320  # generation cap while generating and rationalizing
   c.star.generate_batch_size = 64  # prompts decoded together while generating
-  c.star.num_shots = 4  # solved train exemplars before each generation prompt (hinted ones when rationalizing)
+  c.star.num_shots = 4  # first train solutions (taken out of D) before each generation prompt; hinted to rationalize
   c.star.seed = 0  # every rng of the loop derives from (seed, iteration, phase)
 
   if arg == "tiny":
