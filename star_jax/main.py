@@ -49,7 +49,7 @@ def main(argv):
     return
   if is_star:
     from star_jax import star  # noqa: PLC0415
-    star.run(cfg, workdir, star.make_base_model(cfg, workdir))
+    star.run(cfg, workdir, star.base_params(cfg, workdir))
     print(f"\nreport: {os.path.join(workdir, 'star_report.md')}\nplot:   {os.path.join(workdir, 'star_accuracy.png')}")
     return
   accuracy = finetune.run(cfg, workdir)
