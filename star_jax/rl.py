@@ -8,8 +8,9 @@ STaR as reinforcement learning (Zelikman et al. 2022, arXiv 2203.14465, §3.2): 
      keeping the sampler's per-token log-probs (π_old of the update);
   3. reward each with the task's verifier, the indicator 1(ŷ = y) (or `reward_fn`);
   4. run the jitted, sharded update (pg_step.py): advantages, KL to the base model, PPO epochs;
-  5. log reward, sample accuracy, KL, entropy, response length, clip fraction, tokens/s (one step late:
-     the update's metrics are fetched while the next batch is being sampled);
+  5. log reward, sample accuracy, KL, entropy, response length, clip fraction, tokens/s and the seconds
+     spent sampling, on the host (verifier, batch) and updating; the update's metrics are fetched one
+     step late (after the next sampler call is dispatched);
   6. every rl.eval_every steps: greedy held-out accuracy per digit length and KL(π‖π_base) measured on
      held-out prompts; every checkpoint.every_steps: an Orbax checkpoint.
 
@@ -214,6 +215,16 @@ def _write_outputs(ctx: _Context, train_records: list[dict], eval_records: list[
   os.replace(tmp, os.path.join(ctx.workdir, "rl_report.md"))
 
 
+@dataclasses.dataclass
+class _Pending:
+  """An update whose metrics are fetched one step late."""
+  step: int
+  device_metrics: dict
+  update_start: float
+  host: dict  # host-side metrics of the step (sample accuracy, tokens, timings)
+  update_seconds: float | None = None
+
+
 def run(cfg: RLExperimentConfig, workdir: str, base_params, reward_fn: RewardFn | None = None) -> list[dict]:
   """Run (or resume) the loop from `base_params` (also the frozen reference); returns the eval records.
 
@@ -258,22 +269,30 @@ def run(cfg: RLExperimentConfig, workdir: str, base_params, reward_fn: RewardFn 
       record_eval(0)
       _write_outputs(ctx, train_records, eval_records)
 
-    pending: tuple[int, object, dict] | None = None
+    pending: _Pending | None = None
+
+    def update_done() -> None:
+      """Time the pending update. The sampler needs its parameters anyway, so waiting here costs nothing."""
+      if pending is not None and pending.update_seconds is None:
+        jax.block_until_ready(state.train.step)
+        pending.update_seconds = time.perf_counter() - pending.update_start
 
     def finish() -> None:
       nonlocal pending
       if pending is None:
         return
-      step, device_metrics, host_metrics = pending
-      pending = None
-      values = {k: float(v) for k, v in sharding.to_host(device_metrics).items()}
+      update_done()
+      done, pending = pending, None
+      values = {k: float(v) for k, v in sharding.to_host(done.device_metrics).items()}
       if not np.isfinite(values["loss"]):
-        raise train.NonFiniteLossError(f"non-finite RL loss {values['loss']} at step {step}; "
+        raise train.NonFiniteLossError(f"non-finite RL loss {values['loss']} at step {done.step}; "
                                        "the last checkpoint written before it is intact")
-      values.update(host_metrics)
-      if step % rl.log_every == 0 or step == rl.steps:
-        train_records.append({"step": step, **values})
-        writer.write_scalars(step, {f"rl/{k}": v for k, v in values.items()})
+      step_seconds = done.host["sample_seconds"] + done.host["host_seconds"] + done.update_seconds
+      values.update(done.host, update_seconds=done.update_seconds,
+                    tokens_per_sec=done.host["response_tokens"] / max(step_seconds, 1e-9))
+      if done.step % rl.log_every == 0 or done.step == rl.steps:
+        train_records.append({"step": done.step, **values})
+        writer.write_scalars(done.step, {f"rl/{k}": v for k, v in values.items()})
       progress.set_postfix(reward=f"{values['reward']:.3f}", len=f"{values['response_length']:.0f}")
 
     step = start
@@ -281,27 +300,29 @@ def run(cfg: RLExperimentConfig, workdir: str, base_params, reward_fn: RewardFn 
               disable=jax.process_index() != 0) as progress:
       while step < rl.steps and not (rl.token_budget and host["sampled_tokens"] >= rl.token_budget):
         step += 1
+        update_done()
         t0 = time.perf_counter()
         problems = [ctx.questions[i] for i in questions_for_step(len(ctx.questions), rl.questions_per_step,
                                                                  rl.seed, step)]
         prompt_ids, out = _sample(ctx, state.train.params, problems, sd.phase_key(rl.seed, step, SAMPLE))
         finish()  # the previous update's metrics, fetched while this batch is sampled
         tokens, lengths, logps = sharding.to_host((out.tokens_BxN, out.lengths_B, out.logps_BxN))
-        sample_seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
         rows = [(p, tok.decode(tokens[i, :lengths[i]]))
                 for i, p in enumerate(p for p in problems for _ in range(rl.samples_per_question))]
         rewards = np.asarray([reward_fn(p, text) for p, text in rows], np.float32)
         batch = build_batch(prompt_ids, tokens, lengths, logps, rewards, cfg.train.seq_len)
         device_batch = {k: sharding.shard_global_batch(v, mesh) for k, v in batch.items()}
         args = (state, device_batch, state.train.rng) + ((ref_params,) if rl.uses_reference else ())
+        t2 = time.perf_counter()
         state, device_metrics = step_fn(*args)
-        host["sampled_tokens"] += int(np.sum(lengths))
-        step_seconds = time.perf_counter() - t0
-        pending = (step, device_metrics, {
+        n_tokens = int(np.sum(lengths))
+        host["sampled_tokens"] += n_tokens
+        pending = _Pending(step, device_metrics, t2, host={
             "accuracy": float(np.mean([verifiers.is_correct(p, text) for p, text in rows])),
-            "sampled_tokens": float(host["sampled_tokens"]),
-            "sample_tokens_per_sec": float(np.sum(lengths)) / max(sample_seconds, 1e-9),
-            "tokens_per_sec": float(np.sum(lengths)) / max(step_seconds, 1e-9)})
+            "sampled_tokens": float(host["sampled_tokens"]), "response_tokens": float(n_tokens),
+            "sample_seconds": t1 - t0, "host_seconds": t2 - t1,
+            "sample_tokens_per_sec": n_tokens / max(t1 - t0, 1e-9)})
         progress.update(1)
         last = step == rl.steps or bool(rl.token_budget and host["sampled_tokens"] >= rl.token_budget)
         if step % rl.eval_every == 0 or last:

@@ -221,7 +221,8 @@ def straight(tmp_path_factory):
   return {"cfg": cfg, "base": base, "workdir": workdir, "data_dir": data_dir, "records": records}
 
 
-TIMING = ("seconds", "eval_seconds", "tokens_per_sec", "sample_tokens_per_sec")
+TIMING = ("seconds", "eval_seconds", "tokens_per_sec", "sample_tokens_per_sec", "sample_seconds", "host_seconds",
+          "update_seconds")
 
 
 def _no_timing(records):
@@ -246,7 +247,7 @@ def test_records_files_and_metrics(straight):
   assert [r["step"] for r in train_records] == [1, 2, 3, 4]
   for r in train_records:
     assert {"reward", "accuracy", "kl", "kl_coef", "entropy", "response_length", "clip_fraction",
-            "tokens_per_sec", "sampled_tokens", "loss", "grad_norm"} <= set(r)
+            "tokens_per_sec", "sampled_tokens", "loss", "grad_norm", "update_seconds", "sample_seconds"} <= set(r)
     assert all(np.isfinite(v) for v in r.values())
     assert r["approx_kl_old"] < 1e-6  # the sampler's log-probs are the trained policy's (ratio 1)
   assert train_records[-1]["sampled_tokens"] == records[-1]["sampled_tokens"]
