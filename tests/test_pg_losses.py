@@ -351,6 +351,8 @@ def test_large_beta_keeps_the_policy_near_the_reference():
   optimum = ref_prob * jnp.exp(REWARDS_S / 2.0)
   optimum = optimum / jnp.sum(optimum)
   kl_optimum = float(jnp.sum(optimum * jnp.log(optimum / ref_prob)))
-  assert float(objective_j(free)) > 0.9 and float(exact_kl(free)) > 1.0
-  assert float(exact_kl(held)) < 2 * kl_optimum + 0.02, (float(exact_kl(held)), kl_optimum)
-  assert float(objective_j(held)) > float(objective_j(THETA_REF))  # still learns, within the leash
+  assert float(objective_j(free)) > 0.9 and float(exact_kl(free)) > 1.0  # β = 0: J -> 1, far from π_ref
+  # β = 2: SGD on sampled batches lands on the regularised optimum (measured: KL 0.01760 vs 0.01761)
+  assert float(exact_kl(held)) == pytest.approx(kl_optimum, abs=0.003)
+  assert float(objective_j(held)) == pytest.approx(float(jnp.sum(optimum * REWARDS_S)), abs=0.01)
+  assert float(objective_j(held)) > float(objective_j(THETA_REF)) + 0.05  # still learns, within the leash
