@@ -88,6 +88,10 @@ class RLExperimentConfig(StarExperimentConfig):
 
   def __post_init__(self):
     super().__post_init__()
+    _require(self.data.task == "arithmetic", "data.task", self.data.task, "must be 'arithmetic' in an RL "
+             "experiment: the loop samples arithmetic prompts and scores them with the arithmetic verifier")
+    _require(not self.hf_path, "model.hf_path", self.hf_path,
+             "must be empty in an RL experiment (its base model is the arithmetic STaR base model)")
     _require(self.train.grad_accum_steps == 1, "train.grad_accum_steps", self.train.grad_accum_steps,
              "must be 1 in an RL experiment (split the RL batch with rl.minibatches)")
     _require(self.rl.batch_size % self.rl.minibatches == 0, "rl.minibatches", self.rl.minibatches,

@@ -39,6 +39,11 @@ def test_config_errors_name_the_key():
   d["rl"]["ppo_epochs"] = 1.5
   with pytest.raises(ValueError, match="config.rl.ppo_epochs must be an int, got 1.5"):
     rl_config.rl_experiment_from_config(d)
+  cfg = rl_config.rl_experiment_from_config(pg_star_arithmetic.get_config("tiny"))
+  with pytest.raises(ValueError, match="config.data.task must be 'arithmetic' in an RL experiment"):
+    dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, task="gsm8k", train_path="/x.jsonl"), hf_path="/x")
+  with pytest.raises(ValueError, match="config.model.hf_path must be empty in an RL experiment"):
+    dataclasses.replace(cfg, hf_path="/x")
   c = pg_star_arithmetic.get_config("tiny")
   c.rl.kl_beta = 0.1
   with pytest.raises(ValueError, match="unknown config key.*config.rl.kl_beta"):
