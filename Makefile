@@ -8,7 +8,7 @@ SETUP_HASH := $(shell cksum setup.py | cut -d' ' -f1)
 BASE_STAMP := $(VENV)/.base-$(SETUP_HASH)
 TEST_STAMP := $(VENV)/.test-$(SETUP_HASH)
 WORKDIR ?= runs/demo
-CONFIG ?= experiments/configs/arithmetic.py
+CONFIG ?= experiments/configs/star_arithmetic.py:demo
 
 .PHONY: demo test test-all bench clean
 
