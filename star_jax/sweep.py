@@ -24,7 +24,8 @@ one line per member). Wall time sums the members' phases (not the shared base mo
 Parallel launch on TPU VMs (one VM per member, the workdir on storage all of them mount: a Filestore NFS
 share or a bucket mounted with gcsfuse, e.g. /mnt/sweeps):
 
-    W=/mnt/sweeps/rationalization; ARGS="--config=experiments/configs/star_arithmetic.py --sweep=rationalization --workdir=$W"
+    W=/mnt/sweeps/rationalization
+    ARGS="--config=experiments/configs/star_arithmetic.py --sweep=rationalization --workdir=$W"
     python -m star_jax.sweep $ARGS --base_only                 # once: the data and the shared base model
     python -m star_jax.sweep $ARGS --list                      # one line per member: index, name, overrides
     python -m star_jax.sweep $ARGS --list | cut -f1 | xargs -P 0 -I{} gcloud compute tpus tpu-vm ssh \

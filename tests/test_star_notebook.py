@@ -15,7 +15,8 @@ def test_star_notebook_runs(tmp_path, monkeypatch):
   monkeypatch.setenv("STAR_JAX_REPO", os.path.abspath(os.path.join(COLAB, "..")))
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   notebook = nbformat.read(os.path.join(COLAB, "star_arithmetic.ipynb"), as_version=4)
-  NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+  client = NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+  client.execute()
   outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
   assert not [o for o in outputs if o.output_type == "error"]
   assert any("image/png" in o.get("data", {}) for o in outputs), "the accuracy plot is displayed inline"

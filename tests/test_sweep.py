@@ -122,7 +122,8 @@ def test_shared_base_skip_finished_member_and_collect(tmp_path, fake):
   with pytest.raises(ValueError, match=r"member 0 \(star.seed_per_digit=5\): config.star.seed_per_digit must be <= "
                                        r"config.data.rationales_per_digit=4"):
     sweep.run_from_flags(_flags([f"--config={CONFIG}:tiny", "--sweep=seed_per_digit", f"--workdir={w}"]))
-  args = [f"--config={CONFIG}:tiny", "--sweep=seed_per_digit", f"--workdir={w}", "--config.data.rationales_per_digit=50"]
+  args = [f"--config={CONFIG}:tiny", "--sweep=seed_per_digit", f"--workdir={w}",
+          "--config.data.rationales_per_digit=50"]
   c = _config()
   c.data.rationales_per_digit = 50
   members = sweep.plan(c, sweep.load_sweep(CONFIG, "seed_per_digit"), w)
@@ -152,7 +153,7 @@ def test_shared_base_skip_finished_member_and_collect(tmp_path, fake):
   fake.bases.clear()
   sweep.run_from_flags(_flags(args))
   assert fake.bases == [w2]
-  assert [r[0] for r in fake.runs] == [os.path.join(w2, "star.rationalize=True"), os.path.join(w2, "star.rationalize=False")]
+  assert [r[0] for r in fake.runs] == [os.path.join(w2, f"star.rationalize={v}") for v in (True, False)]
   assert fake.runs[0][1] is fake.runs[1][1] == {"base_of": w2}
   assert len(star_data.read_jsonl(os.path.join(w2, "star.rationalize=False", "star_metrics.jsonl"))) == 4  # CLI
   table = open(os.path.join(w2, "sweep.md")).read()
@@ -178,8 +179,7 @@ def test_list_and_bad_member(tmp_path, fake, capsys):
   args = [f"--config={CONFIG}:tiny", "--sweep=temperature", f"--workdir={tmp_path}"]
   sweep.run_from_flags(_flags(args + ["--list"]))
   lines = capsys.readouterr().out.splitlines()
-  assert lines == ['0\tstar.temperature=0.0\t{"star.temperature": 0.0}', '1\tstar.temperature=0.5\t{"star.temperature": 0.5}',
-                   '2\tstar.temperature=1.0\t{"star.temperature": 1.0}']
+  assert lines == [f'{i}\tstar.temperature={t}\t{{"star.temperature": {t}}}' for i, t in enumerate((0.0, 0.5, 1.0))]
   sweep.run_from_flags(_flags(args + ["--member=star.temperature=1.0"]))  # by name
   assert [r[0] for r in fake.runs] == [os.path.join(tmp_path, "star.temperature=1.0")]
   with pytest.raises(ValueError, match=r"--member='3': no such member; use 0..2"):
