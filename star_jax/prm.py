@@ -261,7 +261,8 @@ def majority_vote_accuracy(answers: Sequence[Sequence[object]], truths: Sequence
 
   For each problem, `num_subsets` random subsets of n of its K samples (the one subset when n = K); the
   most frequent answer among those with an answer (None = no answer) wins, ties broken uniformly at
-  random; a subset with no answer at all is wrong. Returns the mean over problems and subsets.
+  random (counted by their expectation: 1/t when the truth is one of t tied answers); a subset with no
+  answer at all is wrong. Returns the mean over problems and subsets.
   """
   rng = np.random.default_rng(seed)
   per_problem = []
@@ -282,10 +283,8 @@ def majority_vote_accuracy(answers: Sequence[Sequence[object]], truths: Sequence
     counts_SxA = np.stack([(ids_SxN == a).sum(axis=1) for a in range(len(vocab))], axis=1)
     best_S = counts_SxA.max(axis=1)
     tied_SxA = (counts_SxA == best_S[:, None]) & (best_S[:, None] > 0)
-    # a uniformly random winner among the tied answers: the tied answer with the largest random key
-    keys_SxA = np.where(tied_SxA, rng.random(tied_SxA.shape), -1.0)
-    winner_S = np.argmax(keys_SxA, axis=1)
-    per_problem.append(float(np.mean((winner_S == truth_id) & (best_S > 0))))
+    truth_tied_S = tied_SxA[:, truth_id] if truth_id >= 0 else np.zeros(len(best_S), bool)
+    per_problem.append(float(np.mean(truth_tied_S / np.maximum(tied_SxA.sum(axis=1), 1))))
   return float(np.mean(per_problem)) if per_problem else 0.0
 
 

@@ -118,7 +118,8 @@ def create_reward_state(model_config: ModelConfig, head_config: HeadConfig, tx: 
   """A fresh state on `mesh`: zero heads; the trunk random from `seed` or `trunk_params` (a policy, load_hf)."""
   _, shardings = reward_state_shardings(model_config, head_config, tx, mesh)
   init_rng, step_rng = jax.random.split(jax.random.key(seed))
-  params = nn.unbox(init_boxed_reward_params(model_config, head_config, init_rng))
+  params = jax.jit(lambda key: nn.unbox(init_boxed_reward_params(model_config, head_config, key)),
+                   out_shardings=shardings.params)(init_rng)
   if trunk_params is not None:
     expected = jax.tree.map(lambda x: (x.shape, x.dtype), params["trunk"])
     if jax.tree.map(lambda x: (tuple(x.shape), x.dtype), trunk_params) != expected:

@@ -17,6 +17,7 @@ from star_jax.models.heads import init_reward_params
 
 TOK = CharTokenizer()
 TINY = ModelConfig(vocab_size=100, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2)
+_reward_forward = jax.jit(reward_forward, static_argnums=0)  # one compilation instead of op-by-op dispatch
 
 
 def _mesh(n_devices, axes=(("data", -1), ("fsdp", 1), ("tensor", 1))):
@@ -26,11 +27,14 @@ def _mesh(n_devices, axes=(("data", -1), ("fsdp", 1), ("tensor", 1))):
 def test_reward_forward_shapes_and_zero_heads():
   params = init_reward_params(TINY, HeadConfig(prm_classes=3, orm=True), jax.random.key(0))
   tokens = jnp.asarray(np.random.default_rng(0).integers(4, 100, size=(2, 9)), jnp.int32)
-  out = reward_forward(TINY, params, tokens)
+  out = _reward_forward(TINY, params, tokens)
   assert out.lm_logits_BxTxV.shape == (2, 9, 100)
   assert out.prm_logits_BxTxC.shape == (2, 9, 3) and out.orm_logits_BxT.shape == (2, 9)
   assert np.all(np.asarray(out.prm_logits_BxTxC) == 0) and np.all(np.asarray(out.orm_logits_BxT) == 0)
-  np.testing.assert_allclose(out.lm_logits_BxTxV, models.forward(TINY, params["trunk"], tokens), atol=1e-6)
+  np.testing.assert_allclose(out.lm_logits_BxTxV, jax.jit(models.forward, static_argnums=0)(TINY, params["trunk"], tokens), atol=1e-6)
+  shardings = prm_train.params_shardings(TINY, HeadConfig(prm_classes=3, orm=True), _mesh(8, MESH_8))
+  assert jax.tree.structure(shardings) == jax.tree.structure(params)
+  assert shardings["prm"]["w_DxC"].spec == jax.sharding.PartitionSpec("fsdp", None)  # embed -> fsdp
   binary = init_reward_params(TINY, HeadConfig(prm_classes=1), jax.random.key(0))
   assert set(binary) == {"trunk", "prm"} and binary["prm"]["w_DxC"].shape == (32, 1)
   with pytest.raises(ValueError, match="prm_classes"):
@@ -40,7 +44,7 @@ def test_reward_forward_shapes_and_zero_heads():
 
 
 def test_trunk_from_a_checkpoint():
-  trunk = models.init_params(TINY, jax.random.key(7))
+  trunk = jax.jit(models.init_params, static_argnums=0)(TINY, jax.random.key(7))
   params = init_reward_params(TINY, HeadConfig(orm=True), jax.random.key(0), trunk_params=trunk)
   assert params["trunk"] is trunk
   with pytest.raises(ValueError, match="do not match"):
@@ -132,7 +136,7 @@ def test_toy_prm_separates_good_and_bad_steps_and_scores_consistently():
   assert np.mean((scores > 0.5) == (labels > 0.5)) > 0.9
   # scoring equals a direct forward pass at the step-end positions
   ex = held_out[0]
-  out = reward_forward(TINY, sharding.to_host(state.params), jnp.asarray(ex["inputs"])[None])
+  out = _reward_forward(TINY, sharding.to_host(state.params), jnp.asarray(ex["inputs"])[None])
   direct = jax.nn.sigmoid(np.asarray(out.prm_logits_BxTxC)[0, :, 0])[ex["step_mask"] > 0]
   np.testing.assert_allclose(step_probs[0], direct, atol=1e-5)
   np.testing.assert_allclose(orm_probs[0], jax.nn.sigmoid(np.asarray(out.orm_logits_BxT)[0, -1]), atol=1e-5)

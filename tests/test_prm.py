@@ -175,15 +175,12 @@ def test_majority_vote_hand_computed():
   answers = [[5, 5, 3, None], [1, 2, None, None], [None, None, None, None], [7, 7, 7, 8]]
   truths = [5, 2, 0, 8]
   # full set: 5 wins (right); 1 vs 2 tie -> right half the time; no answer -> wrong; 7 wins (wrong)
-  acc = majority_vote_accuracy_mean(answers, truths, n=4, seeds=range(200))
-  assert abs(acc - (1 + 0.5 + 0 + 0) / 4) < 0.03
+  assert prm.majority_vote_accuracy(answers, truths, n=4) == (1 + 0.5 + 0 + 0) / 4
+  # n = 2 on [5, 5, 3, None]: of the 6 pairs, {5,5} right, {5,3} x2 a tie (1/2 each), {5,None} x2 right
+  assert math.isclose(prm.majority_vote_accuracy(answers[:1], truths[:1], 2, num_subsets=20000), 4 / 6, abs_tol=0.02)
   # n = 1 equals the mean single-sample accuracy (None counts as wrong)
   single = np.mean([np.mean([a == t for a in row]) for row, t in zip(answers, truths)])
   assert abs(prm.majority_vote_accuracy(answers, truths, 1, num_subsets=4000, seed=1) - single) < 0.02
-
-
-def majority_vote_accuracy_mean(answers, truths, n, seeds):
-  return float(np.mean([prm.majority_vote_accuracy(answers, truths, n, seed=s) for s in seeds]))
 
 
 # ---- dense process rewards ----
@@ -200,3 +197,80 @@ def test_process_rewards_hand_computed():
   np.testing.assert_allclose(with_outcome, [[0, 0.1, 0, 0.3, 2.5]], atol=1e-7)
   with pytest.raises(ValueError, match="last_index_B"):
     prm.process_rewards(probs, mask, outcome_B=np.asarray([1.0]))
+
+
+# ---- the arithmetic study's bookkeeping (star_jax/prm_experiment.py) ----
+
+def _study_config(variant="tiny"):
+  import os
+  import sys
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments", "configs"))
+  import prm_arithmetic  # noqa: PLC0415
+  return prm_arithmetic.get_config(variant)
+
+
+def test_study_config_and_disjoint_pools():
+  from star_jax import prm_experiment
+  for variant in ("", "tiny"):
+    cfg = prm_experiment.study_from_config(_study_config(variant))
+    pools = prm_experiment.problem_pools(cfg.study)
+    test, policy, reward = (set(pools[k]) for k in ("test", "policy", "reward"))
+    multi = {p for p in policy if p.n_digits >= 2}
+    assert not (test & multi) and not (test & reward) and not (multi & reward)
+    assert len(pools["test"]) == cfg.study.test_problems
+  bad = _study_config("tiny")
+  bad.study.unknown_key = 1
+  with pytest.raises(ValueError, match="config.study.unknown_key"):
+    prm_experiment.study_from_config(bad)
+
+
+def test_auc_matches_pairwise_counting():
+  from star_jax.prm_experiment import auc
+  rng = np.random.default_rng(0)
+  scores, labels = rng.integers(0, 5, 40).astype(float), rng.random(40) < 0.4
+  pos, neg = scores[labels], scores[~labels]
+  pairwise = np.mean((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :]))
+  assert math.isclose(auc(scores, labels), pairwise)
+  assert auc([0.1, 0.2], [1, 1]) is None
+
+
+def test_summarize_on_synthetic_samples():
+  from star_jax.prm_experiment import summarize
+  # 2 problems x 4 samples; the PRM's step probabilities rank the right samples first for problem 0 only
+  records, step_probs, orm = [], [], []
+  for i, (truth, correct) in enumerate([(7, [0, 1, 0, 1]), (9, [0, 0, 1, 0])]):
+    for j, ok in enumerate(correct):
+      records.append({"a": truth, "b": 0, "answer": truth if ok else 100 + j, "correct": bool(ok),
+                      "labels": [1.0, float(ok)]})
+      step_probs.append([0.9, 0.8 if (ok if i == 0 else not ok) else 0.1])
+      orm.append(0.5)
+  out = summarize(records, step_probs, orm, 4, majority_subsets=2000)
+  curves = out["best_of_n"]
+  assert curves["n"] == [1, 2, 4] and out["sample_accuracy"] == 3 / 8
+  for key in ("pass@n", "prm_product", "prm_min", "prm_last", "orm"):
+    assert math.isclose(curves[key][0], 3 / 8), key  # N = 1: any selector is a random sample
+  assert abs(curves["majority"][0] - 3 / 8) < 0.05  # (estimated from random subsets)
+  assert curves["majority"][2] == 0.5 * 1 + 0.5 * (1 / 4)  # problem 1: four answers tie at N = K
+  assert curves["prm_product"][2] == 0.5 and curves["pass@n"][2] == 1.0  # problem 0 right, problem 1 wrong
+  assert curves["orm"][2] == 0.0  # constant scores: ties go to the first sample, wrong on both
+  assert out["step_level"]["steps"] == 16 and out["step_level"]["prm_accuracy"] == 12 / 16
+
+
+@pytest.mark.slow
+def test_study_end_to_end_tiny(tmp_path):
+  """Every phase of the study on the tiny config; a second run reuses the cached phases, same results."""
+  import json
+  import os
+  from star_jax import prm_experiment
+  cfg = prm_experiment.study_from_config(_study_config("tiny"))
+  results = prm_experiment.run(cfg, str(tmp_path / "work"), results_dir=str(tmp_path / "results"))
+  for name in ("results.json", "report.md", "best_of_n.png", "mc_agreement.png"):
+    assert os.path.exists(tmp_path / "results" / name), name
+  k = cfg.study.test_samples
+  assert results["samples"] == cfg.study.test_problems * k and results["best_of_n"]["n"] == [1, 2, 4]
+  curves = results["best_of_n"]
+  assert all(curves["pass@n"][i] >= curves[key][i] for key in ("prm_product", "orm", "majority")
+             for i in range(3))
+  again = prm_experiment.run(cfg, str(tmp_path / "work"))
+  strip = lambda r: json.dumps({k: v for k, v in r.items() if k != "timings_seconds"}, sort_keys=True)  # noqa: E731
+  assert strip(again) == strip(results)

@@ -77,7 +77,7 @@ def init_boxed_reward_params(model_config: ModelConfig, head_config: HeadConfig,
 def init_reward_params(model_config: ModelConfig, head_config: HeadConfig, rng: jax.Array,
                        trunk_params: Params | None = None) -> Params:
   """Plain reward-model params; the trunk is `trunk_params` (any checkpoint, e.g. from load_hf) if given."""
-  params = nn.unbox(init_boxed_reward_params(model_config, head_config, rng))
+  params = jax.jit(lambda key: nn.unbox(init_boxed_reward_params(model_config, head_config, key)))(rng)
   if trunk_params is not None:
     want = jax.tree.map(lambda x: (x.shape, x.dtype), params["trunk"])
     got = jax.tree.map(lambda x: (tuple(x.shape), x.dtype), trunk_params)
