@@ -28,7 +28,7 @@ demo: $(BASE_STAMP)
 	$(PY) -m star_jax.main --config=$(CONFIG) --workdir=$(WORKDIR)
 
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 # Also the long tests (full experiments) that `make test` skips.
 test-all: $(TEST_STAMP)
