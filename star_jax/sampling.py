@@ -5,12 +5,19 @@ and every row's positions start at 0 at its first real token, so each row decode
 alone. The prompt is prefilled in one forward pass that fills the cache; then a `lax.while_loop` decodes
 one token per iteration (each a [B, 1] forward over the cache) until `max_new_tokens` or until every row
 has produced EOS or a stop sequence.
+
+Speed (XLA:CPU; benchmarks/sampler.py, benchmarks/RESULTS.md): the decode step is
+`models.functional.decode_step`, which keeps activations as [D, B] columns against weights rearranged
+once per call (`decode_params`) and writes the [B, K, S, Dh] cache in place; the cache grows in a few
+chunks so that early steps read a shorter one; and on a multi-core CPU the rows are split into
+independent groups (`row_groups_for`) that XLA runs on different cores.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -19,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from star_jax import models
-from star_jax.models import ModelConfig
+from star_jax.models import ModelConfig, functional
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,10 +93,35 @@ def _choose(logits_BxV, rng, cfg: SamplingConfig):
   return token_B, jnp.take_along_axis(logps_BxV, token_B[:, None], axis=-1)[:, 0]
 
 
+_MAX_DECODE_CHUNKS = 4  # the cache grows in at most this many steps (each one more loop to compile)
+_MIN_DECODE_CHUNK = 64  # decode steps per cache-length bucket, at least
+_MIN_GROUP_ROWS = 8  # auto row groups keep at least this many rows each
+
+
+def row_groups_for(batch_size: int) -> int:
+  """Independent row groups per decode step: one per CPU core on a single-device CPU backend, else 1.
+
+  A decode step's matmuls have only B rows, and XLA:CPU runs each of them on one thread; groups of rows
+  with no data dependence between them are run concurrently by its thunk executor, one per core.
+  Accelerators (and multi-device meshes, which already split the batch) get one group.
+  """
+  if jax.default_backend() != "cpu" or jax.device_count() > 1:
+    return 1
+  groups = max(1, min(_cpu_cores(), batch_size // _MIN_GROUP_ROWS))
+  while batch_size % groups:
+    groups -= 1
+  return groups
+
+
+def _cpu_cores() -> int:
+  """CPU cores this process may run on."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class _LoopState(NamedTuple):
   i: jax.Array
   logits_BxV: jax.Array
-  caches: tuple
+  caches: tuple  # per row group, per layer: LayerCache of that group's rows
   key_valid_BxS: jax.Array
   done_B: jax.Array
   tokens_BxN: jax.Array
@@ -98,34 +130,45 @@ class _LoopState(NamedTuple):
   recent_BxL: jax.Array  # the last L generated tokens (for stop sequences)
 
 
-@functools.partial(jax.jit, static_argnames=("model_config", "cfg", "eos_id", "pad_id"))
+@functools.partial(jax.jit, static_argnames=("model_config", "cfg", "eos_id", "pad_id", "row_groups"))
 def sample(model_config: ModelConfig, params, prompt_tokens_BxP: jax.Array, prompt_lengths_B: jax.Array,
            rng: jax.Array, *, cfg: SamplingConfig, eos_id: int, pad_id: int,
-           max_new_tokens: jax.Array | None = None) -> SampleOutput:
+           max_new_tokens: jax.Array | None = None, row_groups: int | None = None) -> SampleOutput:
   """Generate continuations of left-padded prompts. Deterministic for a given rng.
 
   max_new_tokens (traced, optional) lowers the limit below cfg.max_new_tokens without recompiling.
+  row_groups: rows decoded as that many independent groups (default `row_groups_for(B)`); it changes
+  the schedule, not the maths (results agree up to float rounding).
   """
   b, p = prompt_tokens_BxP.shape
   n = cfg.max_new_tokens
+  groups = row_groups_for(b) if row_groups is None else row_groups
+  if groups < 1 or b % groups:
+    raise ValueError(f"sample: row_groups={groups} must be >= 1 and divide the batch size {b}")
+  rows = b // groups
   limit = jnp.asarray(n if max_new_tokens is None else jnp.minimum(max_new_tokens, n), jnp.int32)
   offset_B = p - prompt_lengths_B  # first real slot of each row
   slots_P = jnp.arange(p, dtype=jnp.int32)
+  chunk_ends = _chunk_ends(n)
   key_valid_BxS = jnp.concatenate(
-      [slots_P[None, :] >= offset_B[:, None], jnp.zeros((b, n), jnp.bool_)], axis=1)
+      [slots_P[None, :] >= offset_B[:, None], jnp.zeros((b, chunk_ends[0]), jnp.bool_)], axis=1)
   positions_BxP = jnp.maximum(slots_P[None, :] - offset_B[:, None], 0)
-  caches = models.init_cache(model_config, b, p + n)
-  logits_BxPxV, _, caches = models.forward_cached(model_config, params, prompt_tokens_BxP, positions_BxP,
-                                                  key_valid_BxS, caches, jnp.int32(0))
+  # Prefill each row group's prompts in one forward pass that fills its cache (the groups run concurrently).
+  logits, caches = [], []
+  for g in range(groups):
+    rows_g = slice(g * rows, (g + 1) * rows)
+    logits_Gx1xV, _, group_caches = models.forward_cached(
+        model_config, params, prompt_tokens_BxP[rows_g], positions_BxP[rows_g], key_valid_BxS[rows_g],
+        models.init_cache(model_config, rows, p + chunk_ends[0]), jnp.int32(0), last_logits_only=True)
+    logits.append(logits_Gx1xV[:, 0])
+    caches.append(group_caches)
   stop_len = max((len(s) for s in cfg.stop_sequences), default=1)
   state = _LoopState(
-      i=jnp.int32(0), logits_BxV=logits_BxPxV[:, -1], caches=caches, key_valid_BxS=key_valid_BxS,
-      done_B=jnp.zeros((b,), jnp.bool_), tokens_BxN=jnp.full((b, n), pad_id, jnp.int32),
-      logps_BxN=jnp.zeros((b, n), jnp.float32), lengths_B=jnp.zeros((b,), jnp.int32),
-      recent_BxL=jnp.full((b, stop_len), -1, jnp.int32))
-
-  def cond(s: _LoopState):
-    return (s.i < limit) & ~jnp.all(s.done_B)
+      i=jnp.int32(0), logits_BxV=jnp.concatenate(logits, axis=0), caches=tuple(caches),
+      key_valid_BxS=key_valid_BxS, done_B=jnp.zeros((b,), jnp.bool_),
+      tokens_BxN=jnp.full((b, n), pad_id, jnp.int32), logps_BxN=jnp.zeros((b, n), jnp.float32),
+      lengths_B=jnp.zeros((b,), jnp.int32), recent_BxL=jnp.full((b, stop_len), -1, jnp.int32))
+  dparams = functional.decode_params(model_config, params)  # once, outside the loop
 
   def body(s: _LoopState):
     token_B, logp_B = _choose(s.logits_BxV, jax.random.fold_in(rng, s.i), cfg)
@@ -142,11 +185,33 @@ def sample(model_config: ModelConfig, params, prompt_tokens_BxP: jax.Array, prom
     done_B = s.done_B | (active_B & stopped_B)
     slot = p + s.i
     key_valid_BxS = jax.lax.dynamic_update_slice(s.key_valid_BxS, jnp.ones((b, 1), jnp.bool_), (0, slot))
-    position_Bx1 = (prompt_lengths_B + s.i)[:, None]
-    logits_Bx1xV, _, caches = models.forward_cached(model_config, params, token_B[:, None], position_Bx1,
-                                                    key_valid_BxS, s.caches, slot)
-    return _LoopState(s.i + 1, logits_Bx1xV[:, 0], caches, key_valid_BxS, done_B, tokens_BxN, logps_BxN,
-                      lengths_B, recent_BxL)
+    position_B = prompt_lengths_B + s.i
+    logits, caches = [], []
+    for g, group_caches in enumerate(s.caches):
+      rows_g = slice(g * rows, (g + 1) * rows)
+      logits_GxV, group_caches = functional.decode_step(model_config, dparams, token_B[rows_g], position_B[rows_g],
+                                                        key_valid_BxS[rows_g], group_caches, slot)
+      logits.append(logits_GxV)
+      caches.append(group_caches)
+    return _LoopState(s.i + 1, jnp.concatenate(logits, axis=0), tuple(caches), key_valid_BxS, done_B, tokens_BxN,
+                      logps_BxN, lengths_B, recent_BxL)
 
-  final = jax.lax.while_loop(cond, body, state)
-  return SampleOutput(final.tokens_BxN, final.lengths_B, final.logps_BxN)
+  # The cache grows chunk by chunk, so early steps attend over (and read) a shorter cache: attention is
+  # bound by reading the cache, which a fixed [p + n] cache makes cost the same at every step. Each chunk
+  # is its own while_loop over the same body, traced at that chunk's cache length.
+  for start, end in zip((0,) + chunk_ends[:-1], chunk_ends):
+    if start:
+      grow = ((0, 0), (0, 0), (0, end - start), (0, 0))
+      state = state._replace(caches=jax.tree.map(lambda x: jnp.pad(x, grow), state.caches),
+                             key_valid_BxS=jnp.pad(state.key_valid_BxS, ((0, 0), (0, end - start))))
+    state = jax.lax.while_loop(
+        lambda s, end=end: (s.i < jnp.minimum(limit, end)) & ~jnp.all(s.done_B), body, state)
+  return SampleOutput(state.tokens_BxN, state.lengths_B, state.logps_BxN)
+
+
+def _chunk_ends(n: int) -> tuple[int, ...]:
+  """Decode steps at which the cache grows: n split into near-equal chunks, at most _MAX_DECODE_CHUNKS
+  of them and none shorter than _MIN_DECODE_CHUNK steps (one chunk when n is shorter)."""
+  chunks = max(1, min(_MAX_DECODE_CHUNKS, n // _MIN_DECODE_CHUNK))
+  chunk = -(-n // chunks)
+  return tuple(range(chunk, n, chunk)) + (n,)

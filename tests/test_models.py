@@ -11,7 +11,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from star_jax import models, sharding
-from star_jax.models import ModelConfig
+from star_jax.models import ModelConfig, functional
 from star_jax.models.transformer import RMSNorm, rotary_embedding
 
 # Grouped-query attention (2 query heads per kv head) and q/k/v biases, so both paths are exercised.
@@ -161,7 +161,7 @@ def test_kv_cache_prefill_then_token_by_token_equals_full_forward(params, fwd, t
     key_valid_BxS = jnp.asarray([[True] * T, [False] * pad + [True] * (T - pad)])
     positions_BxT = jnp.asarray([list(range(T)), [0] * pad + list(range(T - pad))], jnp.int32)
     caches = models.init_cache(CONFIG, B, T)
-    assert caches[0].k_BxSxKxDh.shape == (B, T, CONFIG.n_kv_heads, CONFIG.head_dim)
+    assert caches[0].k_BxKxSxDh.shape == (B, CONFIG.n_kv_heads, T, CONFIG.head_dim)
 
     logits_BxPxV, _, caches = step(params, tokens_BxT[:, :prefill], positions_BxT[:, :prefill], key_valid_BxS,
                                    caches, jnp.int32(0))
@@ -177,6 +177,50 @@ def test_kv_cache_prefill_then_token_by_token_equals_full_forward(params, fwd, t
     full_1 = np.asarray(fwd(params, tokens_BxT[1:, pad:]))[0]  # row 1's real tokens alone
     np.testing.assert_allclose(cached_BxTxV[0], full_0, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(cached_BxTxV[1, pad:], full_1, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["lm_head", "tied"])
+def test_decode_step_equals_forward_cached_and_full_forward(params, tokens_BxT, tied):
+    """The sampler's path: prefill (last logits only) with forward_cached, then decode_step per token.
+
+    Same rows as above (row 1 left-padded by 3 slots); GQA with q/k/v biases; the tied config projects
+    with the embedding. Logits match the full forward, and the caches match forward_cached's."""
+    config = dataclasses.replace(CONFIG, tie_embeddings=tied)
+    if tied:
+        params = {k: v for k, v in params.items() if k != "lm_head"}
+    pad, prefill = 3, 5
+    key_valid_BxS = jnp.asarray([[True] * T, [False] * pad + [True] * (T - pad)])
+    positions_BxT = jnp.asarray([list(range(T)), [0] * pad + list(range(T - pad))], jnp.int32)
+    cached_step = jax.jit(functools.partial(models.forward_cached, config), static_argnames="last_logits_only")
+    decode = jax.jit(functools.partial(functional.decode_step, config))
+    dparams = functional.decode_params(config, params)
+    assert dparams["layers"][0]["w_qkv"].shape == ((CONFIG.n_heads + 2 * CONFIG.n_kv_heads) * CONFIG.head_dim,
+                                                   CONFIG.d_model)
+
+    last_Bx1xV, _, caches = cached_step(params, tokens_BxT[:, :prefill], positions_BxT[:, :prefill],
+                                        key_valid_BxS, models.init_cache(config, B, T), jnp.int32(0),
+                                        last_logits_only=True)
+    reference_caches = caches
+    pieces = []
+    for i in range(prefill, T):
+        logits_BxV, caches = decode(dparams, tokens_BxT[:, i], positions_BxT[:, i], key_valid_BxS, caches,
+                                    jnp.int32(i))
+        _, _, reference_caches = cached_step(params, tokens_BxT[:, i:i + 1], positions_BxT[:, i:i + 1],
+                                             key_valid_BxS, reference_caches, jnp.int32(i))
+        pieces.append(np.asarray(logits_BxV))
+    decoded_BxNxV = np.stack(pieces, axis=1)
+
+    full = jax.jit(functools.partial(models.forward, config))
+    full_0 = np.asarray(full(params, tokens_BxT))[0]
+    full_1 = np.asarray(full(params, tokens_BxT[1:, pad:]))[0]  # row 1's real tokens alone
+    assert last_Bx1xV.shape == (B, 1, config.vocab_size)
+    np.testing.assert_allclose(np.asarray(last_Bx1xV)[0, 0], full_0[prefill - 1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(last_Bx1xV)[1, 0], full_1[prefill - 1 - pad], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(decoded_BxNxV[0], full_0[prefill:], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(decoded_BxNxV[1], full_1[prefill - pad:], rtol=1e-5, atol=1e-5)
+    for layer, reference in zip(caches, reference_caches):
+        for x, ref in zip(layer, reference):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from star_jax import models, sampling, sharding
-from star_jax.models import ModelConfig
+from star_jax.models import ModelConfig, functional
 from star_jax.sampling import SamplingConfig, left_pad, sample
 
 MODEL = ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64)
@@ -141,6 +141,55 @@ def test_sharded_over_8_devices_equals_single_device(params, prompts, greedy):
     np.testing.assert_allclose(np.asarray(out.logps_BxN), greedy.logps_BxN, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("row_groups", [2, 4])
+def test_row_groups_change_nothing(params, prompts, greedy, row_groups):
+    # The rows decoded as independent groups (what a multi-core CPU gets): same tokens, lengths, logps.
+    out = sample(MODEL, params, *prompts, jax.random.key(0), cfg=GREEDY, eos_id=NO_EOS, pad_id=PAD,
+                 row_groups=row_groups)
+    np.testing.assert_array_equal(np.asarray(out.tokens_BxN), greedy.tokens_BxN)
+    np.testing.assert_array_equal(np.asarray(out.lengths_B), greedy.lengths_B)
+    np.testing.assert_allclose(np.asarray(out.logps_BxN), greedy.logps_BxN, rtol=1e-5, atol=1e-5)
+
+
+def test_row_groups_must_divide_the_batch(params, prompts):
+    with pytest.raises(ValueError, match="row_groups=3 must be >= 1 and divide the batch size 8"):
+        sample(MODEL, params, *prompts, jax.random.key(0), cfg=GREEDY, eos_id=NO_EOS, pad_id=PAD, row_groups=3)
+
+
+@pytest.mark.parametrize("cpus, devices, batch, expected", [
+    (2, 1, 32, 2), (2, 1, 8, 1), (2, 1, 12, 1), (16, 1, 32, 4), (16, 1, 24, 3), (6, 1, 40, 5), (1, 1, 32, 1),
+    (2, 8, 32, 1),  # a multi-device mesh already splits the batch
+])
+def test_row_groups_for_hand_computed(monkeypatch, cpus, devices, batch, expected):
+    monkeypatch.setattr(sampling, "_cpu_cores", lambda: cpus)
+    monkeypatch.setattr(sampling.jax, "device_count", lambda: devices)
+    assert sampling.row_groups_for(batch) == expected
+
+
+@pytest.mark.parametrize("n, ends", [(8, (8,)), (64, (64,)), (127, (127,)), (128, (64, 128)), (130, (65, 130)),
+                                     (200, (67, 134, 200)), (288, (72, 144, 216, 288)), (1000, (250, 500, 750, 1000))])
+def test_chunk_ends_hand_computed(n, ends):
+    # At most 4 near-equal chunks of at least 64 steps, the last one ending at n.
+    assert sampling._chunk_ends(n) == ends
+
+
+def test_cache_grown_in_chunks_equals_one_chunk(params, prompts, greedy, monkeypatch):
+    # Chunks of 2 steps (the cache grows three times within N = 8 steps), with 2 row groups and a stop
+    # sequence that ends row 0 inside the third chunk: the same as the one-chunk, one-group run.
+    assert sampling._chunk_ends(N) == (N,)
+    monkeypatch.setattr(sampling, "_MIN_DECODE_CHUNK", 2)
+    assert sampling._chunk_ends(N) == (2, 4, 6, 8)
+    stop = tuple(int(t) for t in greedy.tokens_BxN[0, 3:5])
+    cfg = SamplingConfig(max_new_tokens=N, stop_sequences=(stop,))
+    chunked = jax.jit(sample.__wrapped__, static_argnames=("model_config", "cfg", "eos_id", "pad_id", "row_groups"))
+    out = chunked(MODEL, params, *prompts, jax.random.key(0), cfg=cfg, eos_id=NO_EOS, pad_id=PAD, row_groups=2)
+    reference = sample(MODEL, params, *prompts, jax.random.key(0), cfg=cfg, eos_id=NO_EOS, pad_id=PAD, row_groups=1)
+    lengths = _check_truncated(out, greedy, cfg.stop_sequences)
+    assert lengths[0] == 5  # its stop sequence is generated at steps 3 and 4
+    for x, ref in zip(out, reference):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------
 # stopping
 
@@ -188,15 +237,15 @@ def test_stop_sequences_end_rows_and_the_loop_exits_early(params, prompts, greed
     stops += [tuple(int(t) for t in greedy.tokens_BxN[r, 1:3]) for r in range(1, 8)]
     cfg = SamplingConfig(max_new_tokens=N, stop_sequences=tuple(dict.fromkeys(stops)))
 
-    # Count decode-loop iterations: forward_cached runs once for the prefill, then once per iteration.
+    # Count decode-loop iterations: decode_step runs once per iteration (the prefill is forward_cached).
     calls = []
-    original = models.forward_cached
+    original = functional.decode_step
 
-    def counting_forward_cached(*args):
+    def counting_decode_step(*args):
         jax.debug.callback(lambda: calls.append(1))
         return original(*args)
 
-    monkeypatch.setattr(models, "forward_cached", counting_forward_cached)
+    monkeypatch.setattr(functional, "decode_step", counting_decode_step)
     fresh_sample = jax.jit(sample.__wrapped__, static_argnames=("model_config", "cfg", "eos_id", "pad_id"))
     out = fresh_sample(MODEL, params, *prompts, jax.random.key(0), cfg=cfg, eos_id=NO_EOS, pad_id=PAD)
     jax.block_until_ready(out)
@@ -207,7 +256,7 @@ def test_stop_sequences_end_rows_and_the_loop_exits_early(params, prompts, greed
     tokens_BxN = np.asarray(out.tokens_BxN)
     for row, length in enumerate(lengths):  # every row ends with one of the stop sequences, kept in the output
         assert any(tuple(tokens_BxN[row, length - len(seq):length]) == seq for seq in cfg.stop_sequences)
-    assert len(calls) == 1 + max(lengths)  # no iterations after every row stopped
+    assert len(calls) == max(lengths)  # no iterations after every row stopped
 
 
 # ---------------------------------------------------------------------------------------------------

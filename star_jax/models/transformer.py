@@ -30,10 +30,10 @@ _NEG_INF = -1e30  # finite, so fully masked rows give a uniform (not NaN) softma
 
 
 class LayerCache(NamedTuple):
-  """One layer's key/value cache: [B, S, K, Dh] each."""
+  """One layer's key/value cache: [B, K, S, Dh] each, the layout the attention matmuls read directly."""
 
-  k_BxSxKxDh: jax.Array
-  v_BxSxKxDh: jax.Array
+  k_BxKxSxDh: jax.Array
+  v_BxKxSxDh: jax.Array
 
 
 def _dtype(name: str):
@@ -218,19 +218,20 @@ class Attention(nn.Module):
     q_BxTxHxDh = apply_rotary(q_BxTxHxDh, *rotary) * jnp.asarray(dh ** -0.5, dtype)
     k_BxTxKxDh = apply_rotary(k_BxTxKxDh, *rotary)
 
+    k_BxKxTxDh, v_BxKxTxDh = k_BxTxKxDh.transpose(0, 2, 1, 3), v_BxTxKxDh.transpose(0, 2, 1, 3)
     new_cache = None
     if cache is not None:
-      start = (0, cache_index, 0, 0)
-      keys_BxSxKxDh = jax.lax.dynamic_update_slice(cache.k_BxSxKxDh, k_BxTxKxDh.astype(cache.k_BxSxKxDh.dtype), start)
-      values_BxSxKxDh = jax.lax.dynamic_update_slice(cache.v_BxSxKxDh, v_BxTxKxDh.astype(cache.v_BxSxKxDh.dtype), start)
-      new_cache = LayerCache(keys_BxSxKxDh, values_BxSxKxDh)
-      keys_BxSxKxDh, values_BxSxKxDh = keys_BxSxKxDh.astype(dtype), values_BxSxKxDh.astype(dtype)
+      # Written in place (the caches are while-loop carries); T new slots at cache_index.
+      start = (0, 0, cache_index, 0)
+      keys_BxKxSxDh = jax.lax.dynamic_update_slice(cache.k_BxKxSxDh, k_BxKxTxDh.astype(cache.k_BxKxSxDh.dtype), start)
+      values_BxKxSxDh = jax.lax.dynamic_update_slice(cache.v_BxKxSxDh, v_BxKxTxDh.astype(cache.v_BxKxSxDh.dtype), start)
+      new_cache = LayerCache(keys_BxKxSxDh, values_BxKxSxDh)
+      keys_BxKxSxDh, values_BxKxSxDh = keys_BxKxSxDh.astype(dtype), values_BxKxSxDh.astype(dtype)
     else:
-      keys_BxSxKxDh, values_BxSxKxDh = k_BxTxKxDh, v_BxTxKxDh
+      keys_BxKxSxDh, values_BxKxSxDh = k_BxKxTxDh, v_BxKxTxDh
 
     q_BxKxQxDh = q_BxTxHxDh.reshape(b, t, k, h // k, dh).transpose(0, 2, 3, 1, 4).reshape(b, k, h // k * t, dh)
-    out_BxKxQxDh = attention_core(q_BxKxQxDh, keys_BxSxKxDh.transpose(0, 2, 1, 3),
-                                  values_BxSxKxDh.transpose(0, 2, 1, 3), bias_Bx1xTxS)
+    out_BxKxQxDh = attention_core(q_BxKxQxDh, keys_BxKxSxDh, values_BxKxSxDh, bias_Bx1xTxS)
     out_MxHDh = out_BxKxQxDh.reshape(b, k, h // k, t, dh).transpose(0, 3, 1, 2, 4).reshape(b * t, h * dh)
     out_BxTxD = dense(out_MxHDh, wo_HxDhxD.reshape(h * dh, d).astype(dtype)).reshape(b, t, d)
     return out_BxTxD, new_cache
@@ -269,12 +270,16 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-  """Returns (logits_BxTxV float32, final hidden states_BxTxD, new per-layer caches or None)."""
+  """Returns (logits_BxTxV float32, final hidden states_BxTxD, new per-layer caches or None).
+
+  With last_logits_only the logits are those of the last position only, [B, 1, V].
+  """
 
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens_BxT, positions_BxT, mask_BxTxS, caches=None, cache_index=None):
+  def __call__(self, tokens_BxT, positions_BxT, mask_BxTxS, caches=None, cache_index=None,
+               last_logits_only: bool = False):
     cfg = self.cfg
     embedding_VxD = _param(self, "embedding", nn.initializers.normal(stddev=1.0),
                            (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg)
@@ -294,7 +299,9 @@ class Transformer(nn.Module):
     else:
       w_out_DxV = _param(self, "lm_head", nn.initializers.normal(stddev=cfg.d_model ** -0.5),
                          (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg)
-    b, t, d = hidden_BxTxD.shape
-    logits_MxV = dense(hidden_BxTxD.reshape(b * t, d), w_out_DxV.astype(hidden_BxTxD.dtype))
+    # last_logits_only (a sampler's prefill): project only the last position, T becomes 1 in the logits.
+    projected_BxTxD = hidden_BxTxD[:, -1:] if last_logits_only else hidden_BxTxD
+    b, t, d = projected_BxTxD.shape
+    logits_MxV = dense(projected_BxTxD.reshape(b * t, d), w_out_DxV.astype(hidden_BxTxD.dtype))
     logits_BxTxV = sharding.constrain(logits_MxV.reshape(b, t, -1).astype(jnp.float32), ("batch", "length", "act_vocab"))
     return logits_BxTxV, hidden_BxTxD, (None if caches is None else tuple(new_caches))
