@@ -45,7 +45,7 @@ class StudyConfig:
   reward_digits: tuple[int, ...] = (3,)  # digit lengths of the reward-pool questions
   reward_questions_per_digit: int = 1000
   reward_samples_per_question: int = 16
-  validation_every: int = 10  # every n-th reward-pool question is held out to validate the reward models
+  validation_every: int = 10  # every n-th reward-pool question only validates the reward models (0: none)
   test_digits: int = 3  # held-out problems of this length
   test_problems: int = 200
   test_samples: int = 64  # K samples per test problem (best-of-N for N <= K)
@@ -57,7 +57,7 @@ class StudyConfig:
   majority_subsets: int = 256  # random subsets per problem and N for majority voting
 
   def __post_init__(self):
-    for key in ("policy_max_digits", "policy_examples_per_digit", "reward_questions_per_digit", "validation_every",
+    for key in ("policy_max_digits", "policy_examples_per_digit", "reward_questions_per_digit",
                 "reward_samples_per_question", "test_digits", "test_problems", "test_samples", "mc_rollouts",
                 "generate_batch_size", "score_batch_size", "majority_subsets"):
       if getattr(self, key) <= 0:
@@ -66,8 +66,9 @@ class StudyConfig:
       raise ValueError(f"config.study.temperature must be > 0 (sampling), got {self.temperature}")
     if not self.reward_digits or min(self.reward_digits) < 2 or self.test_digits < 2:
       raise ValueError("config.study.reward_digits and test_digits must be >= 2 (only 81 one-digit problems exist)")
-    if self.mc_solutions < 0:
-      raise ValueError(f"config.study.mc_solutions must be >= 0, got {self.mc_solutions}")
+    for key in ("mc_solutions", "validation_every"):
+      if getattr(self, key) < 0:
+        raise ValueError(f"config.study.{key} must be >= 0, got {getattr(self, key)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,7 +312,7 @@ def run(cfg: PRMStudyConfig, workdir: str, results_dir: str | None = None) -> di
     chosen = np.random.default_rng(s.seed).permutation(len(reward_records))[:s.mc_solutions]
     write_json(mc_path, timed("mc", lambda: mc_agreement(cfg, mesh, policy, [reward_records[i] for i in chosen],
                                                          jax.random.fold_in(key, 2))))
-  held_out = set(pools["reward"][::s.validation_every])
+  held_out = set(pools["reward"][::s.validation_every]) if s.validation_every else set()
   train_records = [r for r in reward_records if Problem(r["a"], r["b"]) not in held_out]
   val_records = [r for r in reward_records if Problem(r["a"], r["b"]) in held_out]
   models = {}
