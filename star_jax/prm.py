@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -320,12 +320,3 @@ def process_rewards(step_probs_BxT: jax.Array, step_mask_BxT: jax.Array, *, mode
     r_BxT = r_BxT + outcome_weight * jnp.where(onehot_BxT, jnp.asarray(outcome_B, jnp.float32)[:, None], 0.0)
   return r_BxT
 
-
-def step_probs_at_ends(probs_T: np.ndarray, step_mask_T: np.ndarray) -> list[float]:
-  """The per-step probabilities of one encoded solution (positions where step_mask is 1, in order)."""
-  return [float(x) for x in np.asarray(probs_T)[np.asarray(step_mask_T) > 0]]
-
-
-def label_summary(labels: Mapping[str, Sequence[float]]) -> dict[str, float]:
-  """Fraction of positive labels per label source (for reports)."""
-  return {k: float(np.mean(v)) if len(v) else float("nan") for k, v in labels.items()}
