@@ -8,7 +8,6 @@ error naming the key (`config.train.lr must be > 0, got -1.0`). Library code nev
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import typing
 from collections.abc import Mapping
@@ -270,15 +269,10 @@ def model_from_hf(mapping: Mapping[str, Any]) -> tuple[ModelConfig, str]:
   if other:
     raise ValueError(f"config.model.{other[0]} cannot be set with config.model.hf_path={path!r}: the architecture "
                      f"comes from its config.json (only {', '.join(_HF_MODEL_KEYS)} may be set)")
-  file = os.path.join(path, "config.json")
-  if not os.path.isfile(file):
-    raise ValueError(f"config.model.hf_path: {file} not found (expected a local Hugging Face model directory)")
-  with open(file, encoding="utf-8") as f:
-    try:
-      hf_config = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"config.model.hf_path: {file}: invalid JSON ({e})") from None
-  model = hf.config_from_hf(hf_config, file)
+  try:
+    model = hf.read_config(path)
+  except hf.CheckpointError as e:
+    raise ValueError(f"config.model.hf_path: {e}") from None
   overrides = {k: _coerce(v, str, f"model.{k}") for k, v in mapping.items()}
   try:
     return dataclasses.replace(model, **overrides), path

@@ -112,7 +112,7 @@ def test_hf_path_config_takes_the_architecture_from_the_checkpoint(files):
     (lambda c: setattr(c.eval, "split", "validation"), "config.eval.split is not a split of the gsm8k task"),
     (lambda c: setattr(c.data, "task", "gsm9k"), "config.data.task must be one of"),
     (lambda c: setattr(c.star, "num_shots", -1), "config.star.num_shots must be >= 0"),
-    (lambda c: setattr(c.model, "hf_path", "/nowhere"), "config.model.hf_path: /nowhere/config.json not found"),
+    (lambda c: setattr(c.model, "hf_path", "/nowhere"), "config.model.hf_path: /nowhere/config.json: not found"),
 ])
 def test_pretrained_config_errors_name_the_key(files, change, message):
   c = star_gsm8k.get_config("tiny")

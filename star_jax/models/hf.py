@@ -171,21 +171,26 @@ def _weight_files(path: str) -> dict[str, str]:
   raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
 
 
+def read_config(path: str, dtype: str | None = None) -> ModelConfig:
+  """The ModelConfig of a local Hugging Face model directory's config.json (errors name the file)."""
+  config_path = os.path.join(path, "config.json")
+  if not os.path.isfile(config_path):
+    raise CheckpointError(f"{config_path}: not found (expected a local Hugging Face model directory)")
+  with open(config_path, encoding="utf-8") as f:
+    try:
+      hf = json.load(f)
+    except json.JSONDecodeError as e:
+      raise CheckpointError(f"{config_path}: invalid JSON ({e})") from None
+  return config_from_hf(hf, config_path, dtype)
+
+
 def load_hf(path: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | None = None):
   """(ModelConfig, params) from a local Hugging Face model directory.
 
   mesh: place each parameter directly in its sharded layout on this mesh (default: the default device).
   dtype: override the parameter dtype (default: the checkpoint's torch_dtype).
   """
-  config_path = os.path.join(path, "config.json")
-  if not os.path.isfile(config_path):
-    raise CheckpointError(f"{config_path}: not found (expected a Hugging Face model directory)")
-  with open(config_path, encoding="utf-8") as f:
-    try:
-      hf = json.load(f)
-    except json.JSONDecodeError as e:
-      raise CheckpointError(f"{config_path}: invalid JSON ({e})") from None
-  config = config_from_hf(hf, config_path, dtype)
+  config = read_config(path, dtype)
   files = _weight_files(path)
   expected = jax.tree.map(lambda a: a.shape, abstract_params(config))
   shardings = None
