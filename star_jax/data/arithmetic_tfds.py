@@ -20,9 +20,9 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 
 from star_jax.data.arithmetic import Problem, answer_text, prompt_text, sample_problems, target_text
+from star_jax.data.local_builder import ArrayRecordBuilder, prepare
 
 _STREAMS = {"test": 0, "rationales": 1, "questions": 2}  # independent rng streams per split kind
 
@@ -78,22 +78,16 @@ def _split_problems(config: ArithmeticBuilderConfig) -> dict[str, list[Problem]]
     return out
 
 
-class Arithmetic(tfds.core.GeneratorBasedBuilder):
+class Arithmetic(ArrayRecordBuilder):
     """n-digit addition with Nye et al. scratchpads, in the format of the STaR data (arXiv 2203.14465)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = [ArithmeticBuilderConfig()]
-    # TFDS's own code_path needs the `importlib_resources` backport (not installed) for any builder defined
-    # in a package; this is the value its fallback would give.
-    code_path = epath.Path(__file__)
 
     def __init__(self, *, config: ArithmeticBuilderConfig | str | None = None, **kwargs) -> None:
         if isinstance(config, ArithmeticBuilderConfig):
             registered = self.get_builder_config(config.name)
             if registered is not None:  # same parameters; TFDS insists on the registered instance
                 config = registered
-        kwargs.setdefault("file_format", "array_record")  # the only format that works without TensorFlow
         super().__init__(config=config, **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -146,9 +140,4 @@ def build_arithmetic(
         raise ValueError(f"build_arithmetic: pass `config` or config fields, not both (got {sorted(config_kwargs)})")
     if config is None:
         config = ArithmeticBuilderConfig(**config_kwargs)
-    builder = Arithmetic(data_dir=os.fspath(data_dir), config=config)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-        file_format="array_record",
-    )
-    return builder
+    return prepare(Arithmetic(data_dir=os.fspath(data_dir), config=config))

@@ -43,9 +43,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import tensorflow_datasets as tfds
-from etils import epath
 
-from star_jax.data.jsonl import DataFormatError, Record, file_fingerprint, read_jsonl
+from star_jax.data.jsonl import DataFormatError, Record, read_jsonl
+from star_jax.data.local_builder import LocalFilesBuilder, LocalFilesConfig, prepare
 from star_jax.data.tasks import Example, Task, as_str, require_answer, require_rationale
 
 CORRECT_MARK = " (CORRECT)"
@@ -183,42 +183,22 @@ def read_examples(path: str | os.PathLike, *, allow_unlabeled: bool = False,
 # ---- TFDS builder ----
 
 @dataclasses.dataclass(eq=False)
-class CommonsenseQaBuilderConfig(tfds.core.BuilderConfig):
-  """Local CommonsenseQA files. `name` defaults to a fingerprint of the files' contents (see jsonl.py)."""
+class CommonsenseQaBuilderConfig(LocalFilesConfig):
+  """Local CommonsenseQA files; `name` defaults to a fingerprint of their contents (see LocalFilesConfig)."""
 
-  name: str = ""
+  DATASET = "CommonsenseQA"
+  SPLITS = ("train", "validation", "test", "few_shot")
+
   train_path: str = ""  # required, labeled: STaR's D
   validation_path: str = ""  # optional, labeled: held-out evaluation (the paper reports the dev set)
   test_path: str = ""  # optional, may be unlabeled (then on every line)
   few_shot_path: str = ""  # optional, labeled, with "rationale" on every line: seed / few-shot exemplars
 
-  def __post_init__(self):
-    if not self.train_path:
-      raise ValueError("CommonsenseQaBuilderConfig: train_path is required (a local CommonsenseQA JSONL)")
-    for path in self.paths().values():
-      if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: not found (CommonsenseQA JSONL expected; nothing is downloaded)")
-    if not self.name:
-      self.name = f"files_{file_fingerprint(self.paths())}"
 
-  def paths(self) -> dict[str, str]:
-    """{split name: path} of the files given."""
-    splits = (("train", self.train_path), ("validation", self.validation_path), ("test", self.test_path),
-              ("few_shot", self.few_shot_path))
-    return {split: os.fspath(path) for split, path in splits if path}
-
-
-class CommonsenseQa(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class CommonsenseQa(LocalFilesBuilder, skip_registration=True):
   """CommonsenseQA read from local JSONL files (no download); text features come back as bytes."""
 
   name = "star_commonsense_qa"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-  code_path = epath.Path(__file__)  # see arithmetic_tfds.Arithmetic.code_path
-
-  def __init__(self, *, config: CommonsenseQaBuilderConfig, **kwargs) -> None:
-    kwargs.setdefault("file_format", "array_record")  # the only format that works without TensorFlow
-    super().__init__(config=config, **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -236,11 +216,8 @@ class CommonsenseQa(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         homepage="https://arxiv.org/abs/1811.00937",
     )
 
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    del dl_manager  # nothing to download
-    parsed = {split: read_examples(path, allow_unlabeled=(split == "test"), need_rationale=(split == "few_shot"))
-              for split, path in self.builder_config.paths().items()}  # every file parsed before any write
-    return {split: self._generate_examples(examples) for split, examples in parsed.items()}
+  def _read_split(self, split: str, path: str) -> list[Example]:
+    return read_examples(path, allow_unlabeled=(split == "test"), need_rationale=(split == "few_shot"))
 
   def _generate_examples(self, examples: list[Example]):
     for i, ex in enumerate(examples):
@@ -259,7 +236,4 @@ def build_commonsense_qa(data_dir: str | os.PathLike, train_path: str | os.PathL
   """
   config = CommonsenseQaBuilderConfig(train_path=os.fspath(train_path), validation_path=os.fspath(validation_path),
                                       test_path=os.fspath(test_path), few_shot_path=os.fspath(few_shot_path))
-  builder = CommonsenseQa(data_dir=os.fspath(data_dir), config=config)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-                               file_format="array_record")
-  return builder
+  return prepare(CommonsenseQa(data_dir=os.fspath(data_dir), config=config))

@@ -35,9 +35,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import tensorflow_datasets as tfds
-from etils import epath
 
-from star_jax.data.jsonl import Record, file_fingerprint, read_jsonl
+from star_jax.data.jsonl import Record, read_jsonl
+from star_jax.data.local_builder import LocalFilesBuilder, LocalFilesConfig, prepare
 from star_jax.data.tasks import Example, Task, as_str, require_answer, require_rationale
 
 ANSWER_MARK = "####"
@@ -154,38 +154,21 @@ def read_examples(path: str | os.PathLike) -> list[Example]:
 # ---- TFDS builder ----
 
 @dataclasses.dataclass(eq=False)
-class Gsm8kBuilderConfig(tfds.core.BuilderConfig):
-  """Local GSM8K files. `name` defaults to a fingerprint of the files' contents, so edited files are
-  rebuilt into a new directory instead of silently reusing stale data."""
+class Gsm8kBuilderConfig(LocalFilesConfig):
+  """Local GSM8K files; `name` defaults to a fingerprint of their contents (see LocalFilesConfig)."""
 
-  name: str = ""
+  DATASET = "GSM8K"
+  TRAIN_FILE = "train.jsonl"
+  SPLITS = ("train", "test")
+
   train_path: str = ""  # required: the train split (STaR's D, and the few-shot / seed rationales)
   test_path: str = ""  # optional: the held-out split ("" = no test split)
 
-  def __post_init__(self):
-    if not self.train_path:
-      raise ValueError("Gsm8kBuilderConfig: train_path is required (a local GSM8K train.jsonl)")
-    for path in self.paths().values():
-      if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: not found (GSM8K JSONL expected; nothing is downloaded)")
-    if not self.name:
-      self.name = f"files_{file_fingerprint(self.paths())}"
 
-  def paths(self) -> dict[str, str]:
-    return {split: os.fspath(path) for split, path in (("train", self.train_path), ("test", self.test_path)) if path}
-
-
-class Gsm8k(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class Gsm8k(LocalFilesBuilder, skip_registration=True):
   """GSM8K read from local JSONL files (no download); text features come back as bytes."""
 
   name = "star_gsm8k"  # not TFDS's own `gsm8k` (which downloads)
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-  code_path = epath.Path(__file__)  # see arithmetic_tfds.Arithmetic.code_path
-
-  def __init__(self, *, config: Gsm8kBuilderConfig, **kwargs) -> None:
-    kwargs.setdefault("file_format", "array_record")  # the only format that works without TensorFlow
-    super().__init__(config=config, **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -201,10 +184,9 @@ class Gsm8k(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         homepage="https://arxiv.org/abs/2110.14168",
     )
 
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    del dl_manager  # nothing to download
-    parsed = {split: read_examples(path) for split, path in self.builder_config.paths().items()}  # all, first
-    return {split: self._generate_examples(examples) for split, examples in parsed.items()}
+  def _read_split(self, split: str, path: str) -> list[Example]:
+    del split  # every split is read alike
+    return read_examples(path)
 
   def _generate_examples(self, examples: list[Example]):
     for i, ex in enumerate(examples):
@@ -218,7 +200,4 @@ def build_gsm8k(data_dir: str | os.PathLike, train_path: str | os.PathLike,
   Read with `builder.as_data_source("train" | "test")` and `Gsm8kTask().examples(source)`.
   """
   config = Gsm8kBuilderConfig(train_path=os.fspath(train_path), test_path=os.fspath(test_path))
-  builder = Gsm8k(data_dir=os.fspath(data_dir), config=config)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-                               file_format="array_record")
-  return builder
+  return prepare(Gsm8k(data_dir=os.fspath(data_dir), config=config))

@@ -28,7 +28,8 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
+
+from star_jax.data.local_builder import ArrayRecordBuilder, prepare
 
 SPLIT_FILES = ("phase1_train", "phase1_test", "phase2_train", "phase2_test")
 NO_RATING = -2  # stored for a step without a rating (null); never a training label
@@ -152,19 +153,12 @@ def class_targets(ratings) -> list[float | None]:
   return [None if int(r) == NO_RATING else float(int(r) + 1) for r in ratings]
 
 
-class PRM800K(tfds.core.GeneratorBasedBuilder):
+class PRM800K(ArrayRecordBuilder):
   """Step-labelled examples from the PRM800K JSONL files in `manual_dir` (no download)."""
 
   name = "prm800k"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = ("Clone github.com/openai/prm800k (with Git LFS) and pass its prm800k/data "
                                   "directory, holding phase{1,2}_{train,test}.jsonl, as manual_dir.")
-  code_path = epath.Path(__file__)  # see arithmetic_tfds.py
-
-  def __init__(self, **kwargs) -> None:
-    kwargs.setdefault("file_format", "array_record")  # the only format that works without TensorFlow
-    super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -207,11 +201,7 @@ def split_files(manual_dir: str | os.PathLike) -> dict[str, str]:
 def build_prm800k(data_dir: str | os.PathLike, manual_dir: str | os.PathLike) -> PRM800K:
   """Prepare (idempotent, no network) the builder from the JSONL files in `manual_dir`; returns it."""
   split_files(manual_dir)  # a clear error before TFDS's own checks
-  builder = PRM800K(data_dir=os.fspath(data_dir))
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False, manual_dir=os.fspath(manual_dir)),
-      file_format="array_record")
-  return builder
+  return prepare(PRM800K(data_dir=os.fspath(data_dir)), manual_dir=manual_dir)
 
 
 def _text(value) -> str:
