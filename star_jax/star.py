@@ -285,6 +285,12 @@ class _Params:
     self._latest = (n, params)
 
 
+def _generated_tokens(ctx: _Context, records: list[dict]) -> int:
+  """Tokens of the generations in `records` (each cut at its stop string): STaR's sampling cost, the
+  axis on which experiments/pg_star_arithmetic compares it with policy-gradient STaR."""
+  return sum(len(ctx.tokenizer.encode(r["target"])) for r in records)
+
+
 def _iteration(ctx: _Context, n: int, store: _Params, writer) -> dict:
   cfg, star = ctx.cfg, ctx.cfg.star
   questions = sd.subsample(ctx.questions, star.fraction_of_D, star.seed, n)
@@ -320,6 +326,7 @@ def _iteration(ctx: _Context, n: int, store: _Params, writer) -> dict:
   record = {"iteration": n, "questions": len(questions),
             "kept_generated": sum(r["correct"] for r in generated),
             "kept_rationalized": sum(r["correct"] for r in rationalized),
+            "sampled_tokens": _generated_tokens(ctx, generated) + _generated_tokens(ctx, rationalized),
             "train_examples": train_info["examples"], "train_steps": train_info["steps"],
             "train_loss": train_info["final_loss"]}
   for source, records in (("generated", generated), ("rationalized", rationalized)):

@@ -220,6 +220,7 @@ def test_records_report_and_plot(straight):
     assert len(rationalized) == len(generated) - r["kept_generated"]
     assert all(g["prompt"] == arithmetic.prompt_text(star_data.record_problem(g)) for g in generated + rationalized)
     assert r["train_examples"] == r["kept_generated"] + r["kept_rationalized"]
+    assert r["sampled_tokens"] == sum(len(g["target"]) for g in generated + rationalized)  # 1 char = 1 token
     assert r["train_steps"] == cfg.star.base_steps  # growth 1 here (CONSTANT_STEPS)
     assert sum(r[f"kept_rationalized_{k}digit"] for k in (1, 2)) == r["kept_rationalized"]
     assert 0 <= r["acc_overall"] <= 1 and set(r) >= {"acc_1digit", "acc_3digit", "seconds_train", "seconds_eval"}

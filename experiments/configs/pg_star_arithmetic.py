@@ -1,6 +1,8 @@
 """Policy-gradient STaR on n-digit addition: star_jax.rl.run from the STaR experiment's base model.
 
   get_config()        the comparison run: RLOO, no KL; the other variants are the SWEEPS below
+  get_config("demo")  the comparison that experiments/pg_star_arithmetic/ reports: star_arithmetic.py's
+                      demo (1-3 digits, its base model), 16 questions x 4 samples per step
   get_config("tiny")  seconds; used by tests/test_rl.py
 
 Every section of experiments/configs/star_arithmetic.py (taken from that file, so the base model, data
@@ -27,8 +29,8 @@ def _star_config(arg: str) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  if arg not in ("", "tiny"):
-    raise ValueError(f"unknown config variant {arg!r}; use '' or 'tiny'")
+  if arg not in ("", "demo", "tiny"):
+    raise ValueError(f"unknown config variant {arg!r}; use '', 'demo' or 'tiny'")
   c = _star_config(arg)
 
   c.rl = ml_collections.ConfigDict()
@@ -57,6 +59,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   c.checkpoint.every_steps = 25  # RL checkpoints (the base model's training uses the same interval)
 
+  if arg == "demo":  # run until an equal-token budget: --config.rl.token_budget=<STaR's sampled tokens>
+    c.rl.steps = 5_000
+    c.rl.questions_per_step, c.rl.samples_per_question = 16, 4  # 64 samples, ~6k sampled tokens per step
+    c.rl.max_new_tokens = c.star.max_new_tokens
+    c.rl.eval_every = 50
+    c.checkpoint.every_steps = 100
   if arg == "tiny":
     c.model.n_layers = 1  # (star's tiny has 2) one layer: the tests compile sampler, step and eval quickly
     c.rl.steps = 4
