@@ -159,15 +159,29 @@ def _evaluate(ctx: _Context, params, ref_params, logps_fn, step: int) -> dict:
   lengths = range(1, cfg.data.max_train_digits + 1)
   accuracy["acc_train_lengths"] = (sum(accuracy[f"acc_{n}digit"] * len(ctx.tests[n]) for n in lengths)
                                    / sum(len(ctx.tests[n]) for n in lengths))
-  prompt_ids, out = _sample(ctx, params, ctx.kl_problems, sd.phase_key(cfg.rl.seed, step, EVAL_KL))
+  return {"step": step, **accuracy, **_kl_to_base(ctx, params, ref_params, logps_fn, step),
+          "eval_seconds": time.perf_counter() - t0}
+
+
+def _kl_to_base(ctx: _Context, params, ref_params, logps_fn, step: int) -> dict:
+  """KL(π‖π_base) per response: K samples from π (at rl.temperature) for each of rl.questions_per_step
+  held-out prompts; the mean over responses of Σ_t log π(a_t)/π_base(a_t) (k1, unbiased) and of Σ_t k3."""
+  prompt_ids, out = _sample(ctx, params, ctx.kl_problems, sd.phase_key(ctx.cfg.rl.seed, step, EVAL_KL))
   tokens, lens, logps = sharding.to_host((out.tokens_BxN, out.lengths_B, out.logps_BxN))
-  batch = build_batch(prompt_ids, tokens, lens, logps, np.zeros(len(prompt_ids)), cfg.train.seq_len)
+  batch = build_batch(prompt_ids, tokens, lens, logps, np.zeros(len(prompt_ids)), ctx.cfg.train.seq_len)
   device_batch = {k: sharding.shard_global_batch(v, ctx.mesh) for k, v in batch.items()}
   logps_BxT, ref_BxT = sharding.to_host((logps_fn(params, device_batch), logps_fn(ref_params, device_batch)))
   x_BxT = (logps_BxT - ref_BxT) * batch["loss_mask_BxT"]
   k3_BxT = (np.exp(-np.clip(x_BxT, -20, 20)) - 1 + x_BxT) * batch["loss_mask_BxT"]
-  return {"step": step, **accuracy, "kl_to_base": float(np.mean(np.sum(x_BxT, 1))),
-          "kl_to_base_k3": float(np.mean(np.sum(k3_BxT, 1))), "eval_seconds": time.perf_counter() - t0}
+  return {"kl_to_base": float(np.mean(np.sum(x_BxT, 1))), "kl_to_base_k3": float(np.mean(np.sum(k3_BxT, 1)))}
+
+
+def kl_meter(cfg: RLExperimentConfig, workdir: str, base_params) -> Callable[[object, int], dict]:
+  """`measure(params, step) -> {"kl_to_base", "kl_to_base_k3"}`: the loop's KL to `base_params`, on the
+  same held-out prompts and sampling keys, for any params (e.g. the STaR loop's M_n, star_jax/pg_compare.py)."""
+  ctx = _setup(cfg, workdir)
+  logps_fn = _compiled(cfg.model, cfg.train, cfg.rl, ctx.mesh)[2]
+  return lambda params, step: _kl_to_base(ctx, params, base_params, logps_fn, step)
 
 
 def _check_same_config(ctx: _Context) -> None:
