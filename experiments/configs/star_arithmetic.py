@@ -93,14 +93,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.star.seed = 0  # every rng of the loop derives from (seed, iteration, phase)
   # few-shot prompting is not implemented: the base model is fine-tuned on the seed examples instead.
 
-  if arg == "demo":  # `make demo`: 1-3 digit D, a small model, a ~2 minute base model, three iterations
+  if arg == "demo":  # `make demo`: 1-3 digit D, a small model, a ~2 minute base model, two iterations
     c.model.d_model, c.model.n_layers = 64, 3  # 3.5x faster steps than the default width; learns 1-3 digits
     c.data.max_train_digits, c.data.max_test_digits, c.data.test_per_digit = 3, 4, 50
     c.train.batch_size, c.train.seq_len, c.train.warmup_steps = 16, 160, 30  # a 3-digit example: 129 tokens
     c.eval.batch_size, c.eval.max_new_tokens = 200, 144  # a 4-digit target is 130 characters
     c.data.questions_per_digit = 10_000  # |D| = 20,081: the seed set (~250 problems) is 1.2% of it
     c.star.seed_per_digit, c.star.carry_fact_digits, c.star.seed_steps = 30, 3, 1200
-    c.star.iterations, c.star.base_steps, c.star.fraction_of_D = 3, 500, 0.15  # ~3,000 questions per iteration
+    c.star.iterations, c.star.base_steps, c.star.fraction_of_D = 2, 800, 0.1  # ~2,000 questions per iteration
     c.star.max_new_tokens, c.star.mix_seed = 112, True
   elif arg == "tiny":
     c.model.d_model, c.model.n_layers, c.model.n_heads, c.model.n_kv_heads = 32, 2, 4, 2
