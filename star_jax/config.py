@@ -8,9 +8,10 @@ error naming the key (`config.train.lr must be > 0, got -1.0`). Library code nev
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from star_jax.data import tasks
@@ -299,6 +300,22 @@ def star_experiment_from_config(config: Mapping[str, Any]) -> StarExperimentConf
     kwargs["model"] = dataclass_from_mapping(ModelConfig, {k: v for k, v in model_section.items() if k != "hf_path"},
                                              "model")
   return StarExperimentConfig(**kwargs)
+
+
+def changed_fields(saved: Mapping[str, Any], cfg, sections: Sequence[str],
+                   ignored: frozenset | set = frozenset()) -> list[str]:
+  """`config.<section>.<key>: old -> new` for every field of `cfg`'s sections that differs from `saved`
+  (a run's config as JSON); a field missing from `saved` (added since it was written) counts as its
+  default. `ignored` holds (section, key) pairs that may change between runs of one workdir."""
+  current = json.loads(json.dumps(dataclasses.asdict(cfg)))
+  differ = []
+  for section in sections:
+    defaults = json.loads(json.dumps(field_defaults(type(getattr(cfg, section)))))
+    for key, value in current[section].items():
+      old = saved.get(section, {}).get(key, defaults.get(key))
+      if (section, key) not in ignored and old != value:
+        differ.append(f"config.{section}.{key}: {old!r} -> {value!r}")
+  return differ
 
 
 def field_defaults(cls) -> dict[str, Any]:

@@ -6,7 +6,8 @@ STaR as reinforcement learning (Zelikman et al. 2022, arXiv 2203.14465, §3.2): 
   1. take G = rl.questions_per_step questions of D (a fresh permutation of D per epoch, from (rl.seed, epoch));
   2. sample K = rl.samples_per_question responses to each with the KV-cache sampler at rl.temperature,
      keeping the sampler's per-token log-probs (π_old of the update);
-  3. reward each with the task's verifier, the indicator 1(ŷ = y) (or `reward_fn`);
+  3. reward each with the task's verifier, the indicator 1(ŷ = y), plus (rl.process_reward > 0) a dense
+     process reward from the exact step verifier (`step_rewarded`), or `reward_fn`;
   4. run the jitted, sharded update (pg_step.py): advantages, KL to the base model, PPO epochs;
   5. log reward, sample accuracy, KL, entropy, response length, clip fraction, tokens/s and the seconds
      spent sampling, on the host (verifier, batch) and updating; the update's metrics are fetched one
@@ -38,13 +39,36 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from star_jax import checkpoint, evaluate, finetune, metrics, pg_step, sampling, sharding, train
+from star_jax import checkpoint, config, evaluate, finetune, metrics, pg_step, sampling, sharding, train
 from star_jax import star_data as sd
 from star_jax.data import CharTokenizer, Problem, arithmetic, make_eval_problems, verifiers
 from star_jax.rl_config import RLExperimentConfig
 
 RewardFn = Callable[[Problem, str], float]
 SAMPLE, EVAL_KL = 0, 1  # phase ids of the rng: key(seed, step, phase)
+
+
+def outcome_reward(problem: Problem, text: str) -> float:
+  """STaR's reward: the indicator 1(ŷ = y) of the final answer."""
+  return float(verifiers.is_correct(problem, text))
+
+
+def step_rewarded(weight: float) -> RewardFn:
+  """A dense process reward from the exact scratchpad verifier, plus the outcome indicator:
+
+    R = 1(ŷ = y) + w · Σ_k r_k,   r_k = 1/S if scratchpad steps 1..k are all correct (else 0),
+
+  S = the number of steps a correct scratchpad has (prm.arithmetic_step_labels: the ideal PRM of
+  Lightman et al. 2023 / Math-Shepherd's hard labels, with no learned-model error). The per-step rewards
+  enter the loss through their sum R: without a critic, Σ_k r_k as every token's return is an unbiased
+  (higher-variance) estimate of ∇ E[Σ_k r_k], since a step's reward does not depend on later tokens.
+  """
+  from star_jax import prm  # noqa: PLC0415 (prm imports nothing of rl; kept local to keep rl's imports light)
+
+  def reward(problem: Problem, text: str) -> float:
+    steps_correct = sum(prm.arithmetic_step_labels(problem, text))
+    return outcome_reward(problem, text) + weight * steps_correct / verifiers.expected_num_steps(problem)
+  return reward
 
 
 def questions_for_step(num_questions: int, per_step: int, seed: int, step: int) -> np.ndarray:
@@ -194,9 +218,7 @@ def _check_same_config(ctx: _Context) -> None:
     return
   saved = sd.read_json(path)
   ignored = {("rl", "steps"), ("rl", "token_budget"), ("rl", "base_workdir"), ("data", "data_dir")}
-  differ = [f"config.{section}.{key}: {saved[section].get(key)!r} -> {value!r}"
-            for section in ("model", "data", "train", "star", "rl") for key, value in current[section].items()
-            if (section, key) not in ignored and saved[section].get(key) != value]
+  differ = config.changed_fields(saved, ctx.cfg, ("model", "data", "train", "star", "rl"), ignored)
   if differ:
     raise ValueError(f"{ctx.workdir} holds an RL run with a different config; use a new workdir. "
                      f"Differences: {'; '.join(differ)}")
@@ -247,7 +269,8 @@ def run(cfg: RLExperimentConfig, workdir: str, base_params, reward_fn: RewardFn 
   ctx = _setup(cfg, workdir)
   _check_same_config(ctx)
   rl, mesh, tok = cfg.rl, ctx.mesh, ctx.tokenizer
-  reward_fn = reward_fn or (lambda p, text: float(verifiers.is_correct(p, text)))
+  if reward_fn is None:
+    reward_fn = step_rewarded(rl.process_reward) if rl.process_reward > 0 else outcome_reward
   tx, step_fn, logps_fn = _compiled(cfg.model, cfg.train, rl, mesh)
   abstract, shardings = pg_step.state_shardings(cfg.model, tx, mesh)
   ref_params = jax.device_put(base_params, shardings.train.params)

@@ -350,13 +350,7 @@ def _check_same_config(ctx: _Context) -> None:
     return
   saved = sd.read_json(path)
   ignored = {("star", "iterations"), ("star", "generate_batch_size"), ("data", "data_dir")}
-  differ = []
-  for section in ("model", "data", "train", "star"):
-    defaults = json.loads(json.dumps(config.field_defaults(type(getattr(ctx.cfg, section)))))
-    for key, value in current[section].items():
-      old = saved[section].get(key, defaults.get(key))
-      if (section, key) not in ignored and old != value:
-        differ.append(f"config.{section}.{key}: {old!r} -> {value!r}")
+  differ = config.changed_fields(saved, ctx.cfg, ("model", "data", "train", "star"), ignored)
   if saved.get("hf_path", "") != current["hf_path"]:
     differ.append(f"config.model.hf_path: {saved.get('hf_path', '')!r} -> {current['hf_path']!r}")
   if differ:

@@ -35,6 +35,7 @@ def test_config_errors_name_the_key():
   check("kl_target", 1.0, r"config.rl.kl_target needs rl.kl_coef > 0")
   check("minibatches", 3, r"config.rl.minibatches must divide .* = 16")
   check("temperature", 0.0, "config.rl.temperature must be > 0")
+  check("process_reward", -1.0, "config.rl.process_reward must be >= 0, got -1.0")
   d = pg_star_arithmetic.get_config("tiny").to_dict()
   d["rl"]["ppo_epochs"] = 1.5
   with pytest.raises(ValueError, match="config.rl.ppo_epochs must be an int, got 1.5"):
@@ -48,7 +49,7 @@ def test_config_errors_name_the_key():
   c.rl.kl_beta = 0.1
   with pytest.raises(ValueError, match="unknown config key.*config.rl.kl_beta"):
     rl_config.rl_experiment_from_config(c)
-  for arg in ("", "tiny"):
+  for arg in ("", "demo", "tiny"):
     cfg = rl_config.rl_experiment_from_config(pg_star_arithmetic.get_config(arg))
     assert cfg.rl.batch_size == cfg.rl.questions_per_step * cfg.rl.samples_per_question
   for name, overrides in pg_star_arithmetic.SWEEPS.items():
@@ -201,6 +202,20 @@ def test_reference_logps_only_when_beta_positive(step_setup, monkeypatch):
 
 
 # ---- the loop ----
+
+def test_process_reward_counts_the_steps_before_the_first_error():
+  """R = 1(ŷ = y) + w · (#steps right before the first error) / S, by hand for 152 + 702 (S = 7 steps)."""
+  p = arithmetic.Problem(152, 702)
+  right = "<scratch>\n1 5 2 + 7 0 2 , C: 0\n5 + 0 , 4 C: 0\n1 + 7 , 5 4 C: 0\n, 8 5 4 C: 0\n0 8 5 4\n</scratch>\n8 5 4\n"
+  reward = rl.step_rewarded(0.5)
+  assert reward(p, right) == pytest.approx(1.0 + 0.5)
+  wrong_step_2 = right.replace("5 + 0 , 4 C: 0", "5 + 0 , 3 C: 0")  # the answer line is still right
+  assert reward(p, wrong_step_2) == pytest.approx(1.0 + 0.5 * 1 / 7)
+  wrong_answer = right.replace("</scratch>\n8 5 4", "</scratch>\n8 5 5")
+  assert reward(p, wrong_answer) == pytest.approx(0.0 + 0.5 * 6 / 7)
+  assert reward(p, "") == rl.outcome_reward(p, "") == 0.0
+  assert rl.outcome_reward(p, wrong_step_2) == 1.0
+
 
 def parity_reward(problem, text):
   """A dense stand-in for the indicator (a random model is never right): parity of the characters."""

@@ -90,6 +90,7 @@ SWEEPS = {
     "kl_mode": [{"rl.kl_coef": 0.05, "rl.kl_mode": "reward", "rl.kl_estimator": "k1"},
                 {"rl.kl_coef": 0.05, "rl.kl_mode": "loss", "rl.kl_estimator": "k3"},
                 {"rl.kl_coef": 0.05, "rl.kl_mode": "loss", "rl.kl_estimator": "k2"}],
+    "process_reward": [{"rl.process_reward": w} for w in (0.0, 1.0)],  # outcome-only vs + dense exact step reward
     "adaptive_kl": [{"rl.kl_coef": 0.05, "rl.kl_target": t} for t in (0.5, 2.0)],
     "ppo": [{"rl.ppo_epochs": 2, "rl.minibatches": 4, "rl.clip_eps": 0.2},
             {"rl.ppo_epochs": 4, "rl.minibatches": 4, "rl.clip_eps": 0.2}],
