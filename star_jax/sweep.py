@@ -271,6 +271,7 @@ def plot(histories: Mapping[str, Sequence[Mapping]], max_train_digits: int, path
       ax.plot([r["iteration"] for r in records], [100 * r["acc_train_lengths"] for r in records], marker="o",
               markersize=3, label=name)
   ax.set_xlabel("STaR iteration (0 = base model)")
+  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   ax.set_ylabel(f"held-out accuracy, 1–{max_train_digits} digits (%)")
   ax.set_ylim(-2, 102)
   ax.legend(fontsize=7)
