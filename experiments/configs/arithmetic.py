@@ -11,7 +11,7 @@ import ml_collections
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
-  c.model = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict()  # star_arithmetic.py takes this section too (its base model)
   c.model.vocab_size = 100  # CharTokenizer: pad/bos/eos/unk, newline, printable ASCII
   c.model.d_model = 128  # residual width
   c.model.n_layers = 4  # transformer blocks

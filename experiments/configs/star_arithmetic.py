@@ -17,26 +17,25 @@ for every iteration's fine-tuning (its steps replaced by ceil(star.base_steps * 
 SWEEPS below are named lists of override sets for `python -m star_jax.sweep`.
 """
 
+import importlib.util
+import os
+
 import ml_collections
+
+
+def _arithmetic_config() -> ml_collections.ConfigDict:
+  """experiments/configs/arithmetic.py's default config (loaded by path: config files are not a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "arithmetic.py")
+  spec = importlib.util.spec_from_file_location("arithmetic_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
-  c.model = ml_collections.ConfigDict()
-  c.model.vocab_size = 100  # CharTokenizer: pad/bos/eos/unk, newline, printable ASCII
-  c.model.d_model = 128  # residual width
-  c.model.n_layers = 4  # transformer blocks
-  c.model.n_heads = 4  # query heads
-  c.model.n_kv_heads = 4  # key/value heads (GQA when fewer than n_heads)
-  c.model.head_dim = 0  # 0 = d_model // n_heads
-  c.model.d_ff = 0  # 0 = 4 * d_model
-  c.model.rope_theta = 10_000.0  # rotary base
-  c.model.norm_eps = 1e-6  # RMSNorm epsilon
-  c.model.qkv_bias = False  # Qwen2-style q/k/v bias
-  c.model.tie_embeddings = False  # share input embedding and output projection
-  c.model.dtype = "float32"  # compute dtype
-  c.model.param_dtype = "float32"  # storage dtype
+  c.model = _arithmetic_config().model  # the SFT job's model section (4 layers, d_model 128; see arithmetic.py)
 
   c.data = ml_collections.ConfigDict()
   c.data.task = "arithmetic"  # the STaR paper's n-digit addition with scratchpads

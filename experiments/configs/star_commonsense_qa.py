@@ -18,20 +18,31 @@ CommonsenseQA has no rationales, so the few-shot exemplars (the paper used 10) a
 dataset's own format with an extra "rationale" (the reasoning, without 'Therefore, the answer is ...',
 which is appended from answerKey); see star_jax/data/commonsense_qa.py. The official test split has no
 answerKey; it may be given as data.test_path but is never evaluated.
+
+Only the data section and a few task-dependent sizes are set here; the model, train, checkpoint, eval,
+mesh and star sections and the "tiny" variant are experiments/configs/_pretrained_star.py's (shared with
+star_gsm8k.py).
 """
+
+import importlib.util
+import os
 
 import ml_collections
 
 
+def _pretrained_star():
+  """experiments/configs/_pretrained_star.py, loaded by path (config files are not a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_pretrained_star.py")
+  spec = importlib.util.spec_from_file_location("_pretrained_star", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
+  shared = _pretrained_star()  # the model, train, checkpoint, eval, mesh and star sections, and "tiny"
+  c = shared.new_config()
 
-  c.model = ml_collections.ConfigDict()
-  c.model.hf_path = ""  # REQUIRED: local Hugging Face model dir (config.json, *.safetensors, tokenizer.json)
-  c.model.dtype = "bfloat16"  # compute dtype (the architecture itself comes from the checkpoint's config.json)
-  c.model.param_dtype = "float32"  # stored params and optimizer state: lr 1e-6 updates vanish in bfloat16
-
-  c.data = ml_collections.ConfigDict()
   c.data.task = "commonsense_qa"  # star_jax.data.tasks.get_task: prompts, '(CORRECT)' hint, answer extraction
   c.data.data_dir = ""  # TFDS data dir for the built dataset; "" = <workdir>/data
   c.data.train_path = ""  # REQUIRED: train_rand_split.jsonl (STaR's D)
@@ -40,57 +51,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.few_shot_path = ""  # REQUIRED when star.num_shots > 0: exemplars with a "rationale" on every line
   c.data.pack = True  # pack several examples per row (per-example attention masks) instead of padding
 
-  c.train = ml_collections.ConfigDict()
-  c.train.batch_size = 8  # global rows per step (the paper: 8); a multiple of the mesh's data x fsdp size
-  c.train.seq_len = 512  # tokens per row (a question, five choices and a one-line rationale: ~100-150 tokens)
-  c.train.steps = 1  # unused: the per-iteration schedule (star.base_steps, star.growth) sets the steps
-  c.train.lr = 1e-6  # peak learning rate (the paper's, for GPT-J 6B)
-  c.train.warmup_steps = 10  # linear warmup at the start of each fine-tuning
-  c.train.decay = "constant"  # constant after warmup (the paper: constant lr)
-  c.train.min_lr_ratio = 1.0  # unused with a constant schedule
-  c.train.weight_decay = 0.0  # the paper: no weight decay
-  c.train.b1 = 0.9  # AdamW first-moment decay
-  c.train.b2 = 0.99  # AdamW second-moment decay
-  c.train.grad_clip = 1.0  # global-norm clip (the paper: 1)
-  c.train.grad_accum_steps = 1  # micro-batches per update (raise if a batch of 8 rows does not fit)
-  c.train.seed = 0  # per-step rng
-  c.train.log_every = 10  # metric interval (TensorBoard + logs/metrics.jsonl)
-
-  c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.every_steps = 50  # save interval within each fine-tuning (and at its end)
-  c.checkpoint.keep = 1  # checkpoints kept per fine-tuning (the last one is M_n)
-
-  c.eval = ml_collections.ConfigDict()
-  c.eval.split = "validation"  # held-out split (the paper reports the dev set; test has no answers)
-  c.eval.batch_size = 64  # prompts decoded together
-  c.eval.max_new_tokens = 96  # generation cap (the paper: 96); the rationale is one line, stopped at '\n'
-  c.eval.num_shots = 0  # exemplars before each eval prompt (0: the fine-tuned model answers zero-shot)
-
-  c.mesh = ml_collections.ConfigDict()
-  c.mesh.axes = (("data", 1), ("fsdp", -1), ("tensor", 1))  # FSDP over all chips (-1: all remaining devices)
-
-  c.star = ml_collections.ConfigDict()
-  c.star.iterations = 10  # outer-loop iterations N
-  c.star.base_steps = 40  # fine-tuning steps of iteration 1 (the paper: 40)
-  c.star.growth = 1.2  # steps grow 20% per iteration (the paper's schedule)
-  c.star.rationalize = True  # retry failures with '(CORRECT)' after the right choice; hint removed when saved
-  c.star.restart_from_base = True  # fine-tune from the pretrained checkpoint every iteration (False: from M_{n-1})
-  c.star.fraction_of_D = 1.0  # fraction of D generated on per iteration (drawn anew each iteration)
-  c.star.temperature = 0.0  # rationale sampling temperature (0 = greedy)
-  c.star.max_new_tokens = 96  # generation cap while generating and rationalizing (the paper: 96)
-  c.star.generate_batch_size = 64  # prompts decoded together while generating
-  c.star.num_shots = 10  # few_shot exemplars before each generation prompt (the paper: 10; hinted when rationalizing)
-  c.star.seed = 0  # every rng of the loop derives from (seed, iteration, phase)
-
-  if arg == "tiny":
-    c.model.dtype = "float32"
-    c.train.batch_size, c.train.seq_len, c.train.warmup_steps, c.train.log_every = 8, 256, 1, 1
-    c.train.lr = 1e-3
-    c.checkpoint.every_steps = 2
-    c.eval.batch_size, c.eval.max_new_tokens = 8, 32
-    c.mesh.axes = (("data", -1), ("fsdp", 1), ("tensor", 1))
-    c.star.iterations, c.star.base_steps = 2, 2
-    c.star.max_new_tokens, c.star.generate_batch_size, c.star.num_shots = 32, 8, 1
-  elif arg:
-    raise ValueError(f"unknown config variant {arg!r}; use '' or 'tiny'")
-  return c
+  return shared.add_star_sections(
+      c, arg,
+      seq_len=512,  # tokens per row (a question, five choices and a one-line rationale: ~100-150 tokens)
+      eval_split="validation",  # held-out split (the paper reports the dev set; test has no answers)
+      max_new_tokens=96,  # generation cap (the paper: 96); the rationale is one line, stopped at '\n'
+      num_shots=10,  # few_shot exemplars before each generation prompt (the paper: 10; hinted when rationalizing)
+  )
