@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from star_jax import advantages, kl, losses, models, pg_step, rl, rl_config, sharding
+from star_jax import advantages, kl, losses, models, pg_step, rl, rl_config, sharding, star_data
 from star_jax.config import TrainConfig
 from star_jax.data import arithmetic
 
@@ -215,6 +215,20 @@ def test_process_reward_counts_the_steps_before_the_first_error():
   assert reward(p, wrong_answer) == pytest.approx(0.0 + 0.5 * 6 / 7)
   assert reward(p, "") == rl.outcome_reward(p, "") == 0.0
   assert rl.outcome_reward(p, wrong_step_2) == 1.0
+
+
+def test_the_loop_learns_a_dense_reward(tmp_path):
+  """Positive control of the whole loop (sample -> reward -> advantages -> update): with the reward
+  "fraction of the response that is the character 7", a random tiny policy goes from ~1/60 to ~all 7s."""
+  cfg = tiny_config(tmp_path / "data", steps=20, lr=1e-2, eval_every=1000, advantage="rloo")
+
+  def sevens(problem, text):
+    del problem
+    return text.count("7") / max(len(text), 1)
+
+  rl.run(cfg, str(tmp_path / "run"), init_params(cfg.model, 0), reward_fn=sevens)
+  rewards = [r["reward"] for r in star_data.read_jsonl(str(tmp_path / "run" / "rl_metrics.jsonl"))]
+  assert max(rewards[:3]) < 0.05 and min(rewards[-3:]) > 0.5, rewards
 
 
 def parity_reward(problem, text):
