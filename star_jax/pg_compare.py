@@ -122,7 +122,10 @@ def compare(cfg, star_workdir: str, rl_workdirs: Mapping[str, str], out: str) ->
                 for r in star_records[1:]]
   runs = {"STaR": star_points(star_records, kl)}
   for name, workdir in rl_workdirs.items():
-    runs[f"PG {name}"] = rl_points(read_jsonl(os.path.join(workdir, "rl_eval.jsonl")))
+    path = os.path.join(workdir, "rl_eval.jsonl")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"PG run {name!r}: {path} not found (not an RL workdir, or the run has not started)")
+    runs[f"PG {name}"] = rl_points(read_jsonl(path))
   rows = summary_rows(runs, cfg.data.max_train_digits)
   os.makedirs(out, exist_ok=True)
   _write_atomic(os.path.join(out, "comparison.md"), markdown_table(rows, cfg.data.max_train_digits) + "\n")

@@ -17,8 +17,9 @@ declare -A VARIANTS=(
   [rloo_kl0.01]="--config.rl.advantage=rloo --config.rl.kl_coef=0.01"
   [rloo_kl0.05]="--config.rl.advantage=rloo --config.rl.kl_coef=0.05"
   [rloo_kl0.2]="--config.rl.advantage=rloo --config.rl.kl_coef=0.2"
+  [rloo_process]="--config.rl.advantage=rloo --config.rl.process_reward=1.0"
 )
-ORDER=(none rloo grpo rloo_kl0.01 rloo_kl0.05 rloo_kl0.2)
+ORDER=(none rloo grpo rloo_kl0.01 rloo_kl0.05 rloo_kl0.2 rloo_process)
 RUNS=()
 for name in "${ORDER[@]}"; do
   # shellcheck disable=SC2086
