@@ -45,6 +45,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.rl.ppo_epochs = 1  # passes over each batch of samples (1: on-policy REINFORCE)
   c.rl.minibatches = 1  # optimizer steps per pass
   c.rl.clip_eps = 0.0  # PPO ratio clip (0: off); needed once ppo_epochs x minibatches > 1
+  c.rl.process_reward = 0.0  # w > 0: + w x (scratchpad steps right before the first error) / (steps), rl.step_rewarded
   c.rl.kl_coef = 0.0  # β of the KL to the base model (0: no reference forward)
   c.rl.kl_estimator = "k3"  # k1 | k2 | k3 (see star_jax/kl.py)
   c.rl.kl_mode = "loss"  # "loss" (per-token penalty) | "reward" (R − β Σ_t k: exact ∇(J − β KL) with k1)
