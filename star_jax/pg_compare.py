@@ -42,6 +42,9 @@ def star_points(records: Sequence[Mapping], kl: Sequence[float]) -> list[dict]:
   """One point per STaR iteration (0 = the base model): cumulative sampled tokens and wall time."""
   points, tokens, seconds = [], 0, 0.0
   for record, kl_n in zip(records, kl):
+    if record["iteration"] > 0 and "sampled_tokens" not in record:
+      raise ValueError(f"STaR iteration {record['iteration']} has no sampled_tokens (a run made before star_jax "
+                       "recorded them): no token axis to compare on; use a run made with this version")
     tokens += record.get("sampled_tokens", 0)
     seconds += sum(record.get(k) or 0.0 for k in ("seconds_generated", "seconds_rationalized", "seconds_train",
                                                  "seconds_eval"))

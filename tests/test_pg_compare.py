@@ -36,6 +36,8 @@ def test_star_points_accumulate_tokens_and_time():
   assert [p["seconds"] for p in points] == [2.0, 11.0, 20.0]
   assert [p["kl_to_base"] for p in points] == [0.0, 0.5, 0.7]
   assert [p["acc_train_lengths"] for p in points] == [0.1, 0.3, 0.5]
+  with pytest.raises(ValueError, match="STaR iteration 1 has no sampled_tokens"):
+    pg_compare.star_points([records[0], {k: v for k, v in records[1].items() if k != "sampled_tokens"}], [0.0, 0.1])
 
 
 def test_compare_writes_one_row_per_run_on_one_token_axis(runs):
