@@ -19,23 +19,20 @@ Writes `comparison.md` (table + notes), `comparison.csv`, `comparison.json` (eve
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
 from collections.abc import Mapping, Sequence
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from star_jax import star_data as sd
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/pg_star_arithmetic.py[:arg]",
                                           lock_config=True)
 _STAR = flags.DEFINE_string("star_workdir", None, "The STaR run's workdir (its base/ is the PG runs' base).")
 _RL = flags.DEFINE_list("rl", [], "name=workdir of each PG-STaR run, comma-separated.")
 _OUT = flags.DEFINE_string("out", None, "Directory for comparison.{md,csv,json,png}.")
-
-
-def read_jsonl(path: str) -> list[dict]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def star_points(records: Sequence[Mapping], kl: Sequence[float]) -> list[dict]:
@@ -104,21 +101,15 @@ def plot(runs: Mapping[str, Sequence[Mapping]], path: str) -> None:
   ax_acc.grid(alpha=0.3)
   ax_kl.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(f"{path}.tmp.png", dpi=120)
   plt.close(fig)
-
-
-def _write_atomic(path: str, text: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  os.replace(f"{path}.tmp.png", path)
 
 
 def compare(cfg, star_workdir: str, rl_workdirs: Mapping[str, str], out: str) -> list[dict]:
   """Collect the runs, measure STaR's KL to base, write the outputs under `out`; returns the table rows."""
   from star_jax import rl, star  # noqa: PLC0415 (jax)
-  star_records = read_jsonl(os.path.join(star_workdir, "star_metrics.jsonl"))
+  star_records = sd.read_jsonl(os.path.join(star_workdir, "star_metrics.jsonl"))
   base = star.load_iteration_params(cfg, star_workdir, "base")
   measure = rl.kl_meter(cfg, star_workdir, base)
   kl = [0.0] + [measure(star.load_iteration_params(cfg, star_workdir, r["iteration"]), r["iteration"])["kl_to_base"]
@@ -128,16 +119,15 @@ def compare(cfg, star_workdir: str, rl_workdirs: Mapping[str, str], out: str) ->
     path = os.path.join(workdir, "rl_eval.jsonl")
     if not os.path.exists(path):
       raise FileNotFoundError(f"PG run {name!r}: {path} not found (not an RL workdir, or the run has not started)")
-    runs[f"PG {name}"] = rl_points(read_jsonl(path))
+    runs[f"PG {name}"] = rl_points(sd.read_jsonl(path))
   rows = summary_rows(runs, cfg.data.max_train_digits)
-  os.makedirs(out, exist_ok=True)
-  _write_atomic(os.path.join(out, "comparison.md"), markdown_table(rows, cfg.data.max_train_digits) + "\n")
-  _write_atomic(os.path.join(out, "comparison.json"), json.dumps(runs, indent=1) + "\n")
-  with open(os.path.join(out, "comparison.csv.tmp"), "w", newline="", encoding="utf-8") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-  os.replace(os.path.join(out, "comparison.csv.tmp"), os.path.join(out, "comparison.csv"))
+  sd.write_text(os.path.join(out, "comparison.md"), markdown_table(rows, cfg.data.max_train_digits) + "\n")
+  sd.write_json(os.path.join(out, "comparison.json"), runs)
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+  writer.writeheader()
+  writer.writerows(rows)
+  sd.write_text(os.path.join(out, "comparison.csv"), buffer.getvalue())
   plot(runs, os.path.join(out, "comparison.png"))
   return rows
 

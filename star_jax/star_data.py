@@ -273,6 +273,14 @@ def write_json(path: str, obj) -> None:
   os.replace(_tmp(path), path)
 
 
+def write_text(path: str, text: str) -> None:
+  """Write a text file (markdown, CSV) atomically."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(_tmp(path), "w", encoding="utf-8", newline="") as f:
+    f.write(text)
+  os.replace(_tmp(path), path)
+
+
 def read_json(path: str):
   with open(path, encoding="utf-8") as f:
     return json.load(f)

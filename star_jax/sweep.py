@@ -282,12 +282,6 @@ def plot(histories: Mapping[str, Sequence[Mapping]], max_train_digits: int, path
   os.replace(f"{path}.tmp.png", path)
 
 
-def _write_text(path: str, text: str) -> None:
-  with open(f"{path}.tmp", "w", encoding="utf-8", newline="") as f:
-    f.write(text)
-  os.replace(f"{path}.tmp", path)
-
-
 def collect(members: Sequence[Member], workdir: str, sweep_name: str = "sweep") -> list[dict]:
   """Write `sweep.md`, `sweep.csv` and `sweep.png` in `workdir` from the members' star_metrics.jsonl."""
   histories = {m.name: read_records(m) for m in members}
@@ -302,7 +296,7 @@ def collect(members: Sequence[Member], workdir: str, sweep_name: str = "sweep") 
   writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
   writer.writeheader()
   writer.writerows(rows)
-  _write_text(os.path.join(workdir, "sweep.csv"), buffer.getvalue())
+  sd.write_text(os.path.join(workdir, "sweep.csv"), buffer.getvalue())
   shared = [m.name for m in members if m.shares_base]
   text = "\n\n".join([
       f"# Sweep `{sweep_name}`",
@@ -313,7 +307,7 @@ def collect(members: Sequence[Member], workdir: str, sweep_name: str = "sweep") 
       markdown_table(rows, max_train),
       "![accuracy vs iteration](sweep.png)",
   ])
-  _write_text(os.path.join(workdir, "sweep.md"), text + "\n")
+  sd.write_text(os.path.join(workdir, "sweep.md"), text + "\n")
   plot(histories, max_train, os.path.join(workdir, "sweep.png"), f"STaR sweep: {sweep_name}")
   return rows
 
