@@ -11,7 +11,8 @@ rate every reasoning step and score a solution by aggregating the step ratings; 
   before it are correct), Monte-Carlo ones for any task with a final-answer verifier (`rollout_outcomes`).
 * Scores: the registry `AGGREGATIONS` ("product", "min", "last") turns step probabilities into a solution
   score; `best_of_n_accuracy`, `majority_vote_accuracy` and `pass_at_n` measure reranking.
-* Dense rewards for policy gradients: `process_rewards` puts the PRM's step scores at step-end tokens.
+* Dense rewards for policy gradients: `dense_return` adds step scores to the outcome indicator (the RL loop's
+  process reward, exact or learned: star_jax/prm_reward.py); `process_rewards` puts them at step-end tokens.
 """
 
 from __future__ import annotations
@@ -289,6 +290,21 @@ def majority_vote_accuracy(answers: Sequence[Sequence[object]], truths: Sequence
 
 
 # ---- dense process rewards for policy gradients ----
+
+def dense_return(outcome: float, step_scores: Sequence[float], expected_steps: int, weight: float) -> float:
+  """A solution's return with per-step process rewards r_k = p_k / S (Lightman et al. 2023's step scores as
+  rewards, as Math-Shepherd's PPO does) added to the outcome indicator:
+
+    R = 1(ŷ = y) + w · Σ_{k=1}^{min(m, S)} p_k / S
+
+  p_k ∈ [0, 1] is step k's score (an exact label, or a PRM's P(step good)), m the steps the solution has,
+  S the steps a correct solution has. Counting at most S steps bounds R by 1 + w, so a policy cannot farm
+  the reward by writing extra steps. Example: outcome 1, scores (1, 1, 0.5), S = 4, w = 2 → 1 + 2·2.5/4 = 2.25.
+  """
+  if expected_steps <= 0:
+    raise ValueError(f"dense_return: expected_steps must be > 0, got {expected_steps}")
+  return float(outcome) + weight * float(sum(step_scores[:expected_steps])) / expected_steps
+
 
 def process_rewards(step_probs_BxT: jax.Array, step_mask_BxT: jax.Array, *, mode: str = "score",
                     outcome_B: jax.Array | None = None, last_index_B: jax.Array | None = None,

@@ -188,6 +188,7 @@ def train_reward_model(cfg: PRMStudyConfig, mesh, directory: str, examples, head
                                checkpoint_config=cfg.checkpoint, log_every=rc.log_every,
                                description=os.path.basename(directory), on_log=lambda s, m: last.update(m))
       write_json(os.path.join(directory, "train.json"), {"steps": rc.steps, "final": last})
+  prm_train.save_spec(directory, cfg.model, head_config, rc)  # makes the directory loadable (rl.process_reward_model)
   return state.params
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
@@ -23,12 +24,14 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from star_jax import losses, reward_losses, sharding, train
+from star_jax import checkpoint, losses, reward_losses, sharding, star_data, train
+from star_jax import config as config_lib
 from star_jax.models import ModelConfig
 from star_jax.models.heads import (HeadConfig, init_boxed_reward_params, reward_forward, reward_logical_axes,
                                    step_good_probability)
 from star_jax.train import TrainState
 
+SPEC_FILE = "reward_model.json"  # what a reward-model directory holds besides checkpoints/: see save_spec
 _FIELDS = ("inputs", "targets", "loss_mask", "step_mask", "step_targets", "orm_mask", "orm_targets")
 
 
@@ -200,6 +203,34 @@ def pad_examples(examples: Sequence[Mapping[str, np.ndarray]], seq_len: int) -> 
     out["segment_ids_BxT"][i, :n] = 1
     out["positions_BxT"][i, :n] = np.arange(n)
   return out
+
+
+# ---- reward-model directories ----
+
+def save_spec(directory: str, model_config: ModelConfig, head_config: HeadConfig, train_config) -> None:
+  """Write `<directory>/reward_model.json`: what `load_reward_model` needs to rebuild the checkpoint's state."""
+  star_data.write_json(os.path.join(directory, SPEC_FILE), {"model": dataclasses.asdict(model_config),
+                                                   "head": dataclasses.asdict(head_config),
+                                                   "train": dataclasses.asdict(train_config)})
+
+
+def load_reward_model(directory: str, mesh: Mesh) -> tuple[ModelConfig, HeadConfig, dict]:
+  """(model config, head config, params on `mesh`) of a trained reward model: a directory with checkpoints/
+  and reward_model.json, as `prm_experiment` writes them (e.g. runs/prm_arithmetic/prm)."""
+  spec_path = os.path.join(directory, SPEC_FILE)
+  if not os.path.exists(spec_path):
+    raise FileNotFoundError(f"{spec_path} not found: a reward-model directory needs {SPEC_FILE} next to its "
+                            "checkpoints/ (prm_experiment writes both; prm_train.save_spec writes the file)")
+  spec = star_data.read_json(spec_path)
+  model_config = config_lib.dataclass_from_mapping(ModelConfig, spec["model"], f"{spec_path}:model")
+  head_config = config_lib.dataclass_from_mapping(HeadConfig, spec["head"], f"{spec_path}:head")
+  train_config = config_lib.dataclass_from_mapping(config_lib.TrainConfig, spec["train"], f"{spec_path}:train")
+  abstract, _ = reward_state_shardings(model_config, head_config, train.make_optimizer(train_config), mesh)
+  with checkpoint.Checkpointer(os.path.join(directory, "checkpoints")) as ckpt:
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(f"no checkpoint in {os.path.join(directory, 'checkpoints')}")
+    state, _ = ckpt.restore(abstract)
+  return model_config, head_config, state.params
 
 
 # ---- scoring ----

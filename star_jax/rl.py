@@ -7,7 +7,8 @@ STaR as reinforcement learning (Zelikman et al. 2022, arXiv 2203.14465, §3.2): 
   2. sample K = rl.samples_per_question responses to each with the KV-cache sampler at rl.temperature,
      keeping the sampler's per-token log-probs (π_old of the update);
   3. reward each with the task's verifier, the indicator 1(ŷ = y), plus (rl.process_reward > 0) a dense
-     process reward from the exact step verifier (`step_rewarded`), or `reward_fn`;
+     process reward from the exact step verifier (`step_rewarded`) or, with rl.process_reward_model, from a
+     learned PRM (prm_reward.py), or with the caller's `reward` (`default_reward` picks);
   4. run the jitted, sharded update (pg_step.py): advantages, KL to the base model, PPO epochs;
   5. log reward, sample accuracy, KL, entropy, response length, clip fraction, tokens/s and the seconds
      spent sampling, on the host (verifier, batch) and updating; the update's metrics are fetched one
@@ -44,7 +45,8 @@ from star_jax import star_data as sd
 from star_jax.data import CharTokenizer, Problem, arithmetic, make_eval_problems, verifiers
 from star_jax.rl_config import RLExperimentConfig
 
-RewardFn = Callable[[Problem, str], float]
+RewardFn = Callable[[Problem, str], float]  # one response
+BatchRewardFn = Callable[[Sequence[Problem], Sequence[str]], np.ndarray]  # a sampled batch -> rewards_B
 SAMPLE, EVAL_KL = 0, 1  # phase ids of the rng: key(seed, step, phase)
 
 
@@ -66,9 +68,25 @@ def step_rewarded(weight: float) -> RewardFn:
   from star_jax import prm  # noqa: PLC0415 (prm imports nothing of rl; kept local to keep rl's imports light)
 
   def reward(problem: Problem, text: str) -> float:
-    steps_correct = sum(prm.arithmetic_step_labels(problem, text))
-    return outcome_reward(problem, text) + weight * steps_correct / verifiers.expected_num_steps(problem)
+    return prm.dense_return(outcome_reward(problem, text), prm.arithmetic_step_labels(problem, text),
+                            verifiers.expected_num_steps(problem), weight)
   return reward
+
+
+def per_sample(fn: RewardFn) -> BatchRewardFn:
+  """A batch reward that calls `fn(problem, text)` on each response."""
+  return lambda problems, texts: np.asarray([fn(p, t) for p, t in zip(problems, texts)], np.float32)
+
+
+def default_reward(cfg: RLExperimentConfig, mesh) -> BatchRewardFn:
+  """The config's reward: 1(ŷ = y), + w · exact step rewards (rl.process_reward = w > 0), or + w · a learned
+  PRM's step scores (rl.process_reward_model = its directory)."""
+  rl = cfg.rl
+  if rl.process_reward_model:
+    from star_jax import prm_reward  # noqa: PLC0415 (loads the reward model; only needed here)
+    return prm_reward.learned_step_reward(rl.process_reward_model, rl.process_reward, mesh,
+                                          batch_size=rl.batch_size, seq_len=cfg.train.seq_len + 1)  # as build_batch
+  return per_sample(step_rewarded(rl.process_reward) if rl.process_reward > 0 else outcome_reward)
 
 
 def questions_for_step(num_questions: int, per_step: int, seed: int, step: int) -> np.ndarray:
@@ -261,16 +279,16 @@ class _Pending:
   update_seconds: float | None = None
 
 
-def run(cfg: RLExperimentConfig, workdir: str, base_params, reward_fn: RewardFn | None = None) -> list[dict]:
+def run(cfg: RLExperimentConfig, workdir: str, base_params, reward: BatchRewardFn | None = None) -> list[dict]:
   """Run (or resume) the loop from `base_params` (also the frozen reference); returns the eval records.
 
-  `reward_fn(problem, generated_text)` replaces the indicator 1(ŷ = y) (e.g. a dense reward, or a test's).
+  `reward(problems, generated_texts) -> rewards_B` replaces the config's (`default_reward`), e.g. a test's;
+  `per_sample` makes one from a function of a single response.
   """
   ctx = _setup(cfg, workdir)
   _check_same_config(ctx)
   rl, mesh, tok = cfg.rl, ctx.mesh, ctx.tokenizer
-  if reward_fn is None:
-    reward_fn = step_rewarded(rl.process_reward) if rl.process_reward > 0 else outcome_reward
+  reward = reward or default_reward(cfg, mesh)
   tx, step_fn, logps_fn = _compiled(cfg.model, cfg.train, rl, mesh)
   abstract, shardings = pg_step.state_shardings(cfg.model, tx, mesh)
   ref_params = jax.device_put(base_params, shardings.train.params)
@@ -347,7 +365,7 @@ def run(cfg: RLExperimentConfig, workdir: str, base_params, reward_fn: RewardFn 
         t1 = time.perf_counter()
         rows = [(p, tok.decode(tokens[i, :lengths[i]]))
                 for i, p in enumerate(p for p in problems for _ in range(rl.samples_per_question))]
-        rewards = np.asarray([reward_fn(p, text) for p, text in rows], np.float32)
+        rewards = np.asarray(reward([p for p, _ in rows], [text for _, text in rows]), np.float32)
         batch = build_batch(prompt_ids, tokens, lengths, logps, rewards, cfg.train.seq_len)
         device_batch = {k: sharding.shard_global_batch(v, mesh) for k, v in batch.items()}
         args = (state, device_batch, state.train.rng) + ((ref_params,) if rl.uses_reference else ())

@@ -34,6 +34,7 @@ class RLConfig:
   minibatches: int = 1  # optimizer steps per pass (the batch split in this many parts)
   clip_eps: float = 0.0  # PPO ratio clipping epsilon (0: none; the importance ratio is still applied)
   process_reward: float = 0.0  # w > 0: R = 1(ŷ = y) + w · (steps right before the first error) / (steps expected), rl.step_rewarded
+  process_reward_model: str = ""  # a trained PRM's directory (prm_experiment's prm/): its step scores replace the exact ones, prm_reward.py
   kl_coef: float = 0.0  # β of the KL penalty to the base model (0: no reference forward pass at all)
   kl_estimator: str = "k3"  # kl.KL_ESTIMATORS: k1 | k2 | k3
   kl_mode: str = "loss"  # "loss": β·k per token in the loss; "reward": R − β·Σ_t k before the advantages
@@ -59,6 +60,8 @@ class RLConfig:
     _require(0 <= self.clip_eps < 1, "rl.clip_eps", self.clip_eps, "must be in [0, 1)")
     _require(self.kl_coef >= 0, "rl.kl_coef", self.kl_coef, "must be >= 0")
     _require(self.process_reward >= 0, "rl.process_reward", self.process_reward, "must be >= 0")
+    _require(not self.process_reward_model or self.process_reward > 0, "rl.process_reward_model",
+             self.process_reward_model, "needs rl.process_reward > 0 (the weight w of its step scores)")
     _require(self.kl_estimator in kl.KL_ESTIMATORS, "rl.kl_estimator", self.kl_estimator,
              f"must be one of {sorted(kl.KL_ESTIMATORS)}")
     _require(self.kl_mode in KL_MODES, "rl.kl_mode", self.kl_mode, f"must be one of {list(KL_MODES)}")

@@ -226,7 +226,7 @@ def test_the_loop_learns_a_dense_reward(tmp_path):
     del problem
     return text.count("7") / max(len(text), 1)
 
-  rl.run(cfg, str(tmp_path / "run"), init_params(cfg.model, 0), reward_fn=sevens)
+  rl.run(cfg, str(tmp_path / "run"), init_params(cfg.model, 0), reward=rl.per_sample(sevens))
   rewards = [r["reward"] for r in star_data.read_jsonl(str(tmp_path / "run" / "rl_metrics.jsonl"))]
   assert max(rewards[:3]) < 0.05 and min(rewards[-3:]) > 0.5, rewards
 
@@ -251,7 +251,7 @@ def straight(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("rl_straight")
   cfg = tiny_config(data_dir, kl_coef=0.05)
   base = init_params(cfg.model, 0)
-  records = rl.run(cfg, str(workdir), base, reward_fn=parity_reward)
+  records = rl.run(cfg, str(workdir), base, reward=rl.per_sample(parity_reward))
   return {"cfg": cfg, "base": base, "workdir": workdir, "data_dir": data_dir, "records": records}
 
 
@@ -326,9 +326,9 @@ def test_crashed_run_resumes_to_the_uninterrupted_result(straight, tmp_path, mon
 
   with monkeypatch.context() as mp, pytest.raises(_Crash):
     mp.setattr(rl.checkpoint.Checkpointer, "save", save_then_crash)
-    rl.run(cfg, workdir, base, reward_fn=parity_reward)
+    rl.run(cfg, workdir, base, reward=rl.per_sample(parity_reward))
   assert [r["step"] for r in rl.sd.read_jsonl(os.path.join(workdir, "rl_eval.jsonl"))] == [0, 2]
-  records = rl.run(cfg, workdir, base, reward_fn=parity_reward)
+  records = rl.run(cfg, workdir, base, reward=rl.per_sample(parity_reward))
   assert _no_timing(records) == _no_timing(straight["records"])
   metrics = [rl.sd.read_jsonl(os.path.join(w, "rl_metrics.jsonl")) for w in (workdir, str(straight["workdir"]))]
   assert _no_timing(metrics[0]) == _no_timing(metrics[1])
@@ -343,7 +343,7 @@ def test_resuming_with_another_config_is_refused_and_token_budget_stops(straight
   with pytest.raises(ValueError, match=r"config.rl.lr: 0.001 -> 0.002"):
     rl.run(tiny_config(straight["data_dir"], kl_coef=0.05, lr=2e-3), str(straight["workdir"]), straight["base"])
   records = rl.run(tiny_config(straight["data_dir"], kl_coef=0.05, token_budget=1), str(tmp_path), straight["base"],
-                   reward_fn=parity_reward)
+                   reward=rl.per_sample(parity_reward))
   assert [r["step"] for r in records] == [0, 1]  # one step sampled more than 1 token: stop, evaluate, save
   first_step = rl.sd.read_jsonl(os.path.join(straight["workdir"], "rl_metrics.jsonl"))[0]
   assert records[1]["sampled_tokens"] == first_step["sampled_tokens"]

@@ -46,6 +46,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.rl.minibatches = 1  # optimizer steps per pass
   c.rl.clip_eps = 0.0  # PPO ratio clip (0: off); needed once ppo_epochs x minibatches > 1
   c.rl.process_reward = 0.0  # w > 0: + w x (scratchpad steps right before the first error) / (steps), rl.step_rewarded
+  c.rl.process_reward_model = ""  # a trained PRM's directory (prm_experiment's prm/): its step scores replace the exact ones
   c.rl.kl_coef = 0.0  # β of the KL to the base model (0: no reference forward)
   c.rl.kl_estimator = "k3"  # k1 | k2 | k3 (see star_jax/kl.py)
   c.rl.kl_mode = "loss"  # "loss" (per-token penalty) | "reward" (R − β Σ_t k: exact ∇(J − β KL) with k1)
@@ -91,7 +92,9 @@ SWEEPS = {
     "kl_mode": [{"rl.kl_coef": 0.05, "rl.kl_mode": "reward", "rl.kl_estimator": "k1"},
                 {"rl.kl_coef": 0.05, "rl.kl_mode": "loss", "rl.kl_estimator": "k3"},
                 {"rl.kl_coef": 0.05, "rl.kl_mode": "loss", "rl.kl_estimator": "k2"}],
-    "process_reward": [{"rl.process_reward": w} for w in (0.0, 1.0)],  # outcome-only vs + dense exact step reward
+    # outcome-only vs + dense step reward, exact (the verifier) or learned (experiments/prm_arithmetic/'s PRM)
+    "process_reward": [{"rl.process_reward": 0.0}, {"rl.process_reward": 1.0},
+                       {"rl.process_reward": 1.0, "rl.process_reward_model": "runs/prm_arithmetic/prm"}],
     "adaptive_kl": [{"rl.kl_coef": 0.05, "rl.kl_target": t} for t in (0.5, 2.0)],
     "ppo": [{"rl.ppo_epochs": 2, "rl.minibatches": 4, "rl.clip_eps": 0.2},
             {"rl.ppo_epochs": 4, "rl.minibatches": 4, "rl.clip_eps": 0.2}],
