@@ -142,6 +142,7 @@ class StarConfig:
   mix_seed: bool = False  # also fine-tune on the seed examples each iteration (not in Algorithm 1; arithmetic)
   num_shots: int = 0  # few-shot exemplars before each generation prompt (hinted ones when rationalizing)
   seed_per_digit: int = 10  # base model: scratchpads per digit length 2..max_train_digits (+ all 81 1-digit)
+  one_digit_repeats: int = 1  # base model: the 81 one-digit seed problems appear this many times (keeps their share)
   carry_fact_digits: int = 0  # base model: + split problems of 2..this many digits showing every x+y+carry (0: none)
   seed_steps: int = 500  # base model: training steps on the seed examples (unused with model.hf_path)
   seed: int = 0  # every rng of the loop derives from (seed, iteration, phase)
@@ -155,6 +156,7 @@ class StarConfig:
     _require(0 < self.fraction_of_D <= 1, "star.fraction_of_D", self.fraction_of_D, "must be in (0, 1]")
     _require(self.temperature >= 0, "star.temperature", self.temperature, "must be >= 0")
     _require(self.seed_per_digit >= 0, "star.seed_per_digit", self.seed_per_digit, "must be >= 0")
+    _require(self.one_digit_repeats >= 1, "star.one_digit_repeats", self.one_digit_repeats, "must be >= 1")
     _require(self.carry_fact_digits == 0 or self.carry_fact_digits >= 2, "star.carry_fact_digits",
              self.carry_fact_digits, "must be 0 (off) or >= 2")
 

@@ -209,9 +209,9 @@ def pad_examples(examples: Sequence[Mapping[str, np.ndarray]], seq_len: int) -> 
 
 def save_spec(directory: str, model_config: ModelConfig, head_config: HeadConfig, train_config) -> None:
   """Write `<directory>/reward_model.json`: what `load_reward_model` needs to rebuild the checkpoint's state."""
-  star_data.write_json(os.path.join(directory, SPEC_FILE), {"model": dataclasses.asdict(model_config),
-                                                   "head": dataclasses.asdict(head_config),
-                                                   "train": dataclasses.asdict(train_config)})
+  spec = {"model": dataclasses.asdict(model_config), "head": dataclasses.asdict(head_config),
+          "train": dataclasses.asdict(train_config)}
+  star_data.write_json(os.path.join(directory, SPEC_FILE), spec)
 
 
 def load_reward_model(directory: str, mesh: Mesh) -> tuple[ModelConfig, HeadConfig, dict]:

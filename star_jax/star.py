@@ -168,7 +168,7 @@ def base_params(cfg: StarExperimentConfig, workdir: str):
 def make_base_model(cfg: StarExperimentConfig, workdir: str):
   """Arithmetic: train (or load the cached) base model M in `<workdir>/base/` on the seed examples; params.
 
-  Seed examples: all 81 one-digit problems, `star.seed_per_digit` problems per length
+  Seed examples: all 81 one-digit problems (star.one_digit_repeats times), `star.seed_per_digit` problems per length
   2..max_train_digits from the rationales split (disjoint from D and the test sets), and (with
   `star.carry_fact_digits`) the few 2..carry_fact_digits-digit problems of that split that show every
   single-digit fact with a carry in (star_data.carry_fact_problems), each with its full scratchpad,
@@ -205,6 +205,7 @@ def _seed_examples(ctx: _Context) -> list[dict]:
   if cfg.star.carry_fact_digits:
     chosen = set(problems)
     problems += [p for p in sd.carry_fact_problems(rationales, cfg.star.carry_fact_digits, exclude) if p not in chosen]
+  problems += [p for p in problems if p.n_digits == 1] * (cfg.star.one_digit_repeats - 1)
   return sd.seed_examples(problems, hinted=True)
 
 

@@ -1,6 +1,7 @@
 """The STaR outer loop: filtering, rationalization without the hint, restart from base, the step
 schedule, files and report, and a killed run that resumes to the uninterrupted result."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -205,6 +206,19 @@ def test_seed_examples_avoid_d_and_the_test_sets(straight, data_dir):
   assert not [p for p in problems if p.n_digits >= 2 and p in held_out]
   assert all(e["target"] == arithmetic.target_text(p) for e, p in zip(plain, problems))
   assert [e["prompt"] for e in hinted] == [arithmetic.hinted_prompt_text(p) for p in problems]
+
+
+def test_one_digit_repeats_oversample_the_one_digit_seeds(straight, tmp_path):
+  cfg = straight["cfg"]
+  once = star.base_examples(cfg, str(tmp_path / "once"))
+  thrice = star.base_examples(dataclasses.replace(cfg, star=dataclasses.replace(cfg.star, one_digit_repeats=3)),
+                              str(tmp_path / "thrice"))
+
+  def count(examples, n_digits):
+    return sum(arithmetic.parse_question(e["prompt"].split("\n")[1]).n_digits == n_digits for e in examples)
+  assert count(once, 1) == 2 * 81 and count(thrice, 1) == 3 * 2 * 81  # plain + hinted, each 81 problems
+  assert count(thrice, 2) == count(once, 2) > 0
+  assert sorted(map(json.dumps, thrice)) == sorted(map(json.dumps, once + [e for e in once if count([e], 1)] * 2))
 
 
 def test_records_report_and_plot(straight):

@@ -88,6 +88,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.star.generate_batch_size = 256  # prompts decoded together while generating
   c.star.mix_seed = True  # also fine-tune on P (not in Algorithm 1: our stand-in for the paper's few-shot prompt)
   c.star.seed_per_digit = 30  # base model: scratchpads per length 2..5, plus all 81 one-digit problems
+  c.star.one_digit_repeats = 1  # base model: the 81 one-digit seeds this many times (keeps their share when seeds grow)
   c.star.carry_fact_digits = 3  # base model: + the ~90 2-3 digit split problems showing every x + y + carry fact
   c.star.seed_steps = 2000  # base model: training steps on the seed examples (plain + hinted prompts)
   c.star.seed = 0  # every rng of the loop derives from (seed, iteration, phase)
