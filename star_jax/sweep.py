@@ -1,7 +1,10 @@
-"""Ablation sweeps of the STaR loop: run a named list of config overrides, then compare their final metrics.
+"""Ablation sweeps of the STaR loop or of policy-gradient STaR: run a named list of config overrides, then
+compare their final metrics.
 
     python -m star_jax.sweep --config=experiments/configs/star_arithmetic.py[:variant] --sweep=<name> \
         --workdir=runs/sweeps/<name> [--config.star.iterations=3 ...] [--member=<i>] [--collect] [--base_only]
+    python -m star_jax.sweep --config=experiments/configs/pg_star_arithmetic.py:demo --sweep=comparison \
+        --workdir=runs/sweeps/pg_comparison [--config.rl.token_budget=1290000 --config.rl.base_workdir=<STaR run>]
 
 `--config=path.py[:variant]` is loaded exactly as by star_jax.main (`variant` goes to get_config, e.g. `tiny`);
 `--sweep` names an entry of the module-level `SWEEPS` dict of that same file: a list of override sets
@@ -10,16 +13,22 @@ each member's own overrides on top (an unknown key is an error naming the key an
 
 Each member gets its own workdir `<workdir>/<name>`, the name written from its overrides
 (`star.rationalize=False`, several joined by `,`), and runs `star.run` there: resumable, and skipped
-altogether once `star_metrics.jsonl` records every iteration (a re-run does no work). All members share
-the generated data (`<workdir>/data`) and, unless their overrides change what the base model depends on
-(model/data/train, star.seed/seed_per_digit/seed_steps/carry_fact_digits), ONE base model trained once
-in `<workdir>/base` and passed to every member, so e.g. rationalization on/off start from the same M.
-Members that change it train their own in `<workdir>/<name>/base`. `<workdir>/base_config.json` guards
-the shared base against a re-run with a different base config.
+altogether once `star_metrics.jsonl` records every iteration (a re-run does no work). A config with an `rl`
+section (as star_jax.main decides) is a policy-gradient experiment: each member runs `rl.run` instead,
+skipped once its `rl_eval.jsonl` holds the evaluation of the step where the loop stops (rl.steps or
+rl.token_budget; star_jax/rl_sweep.py). All members share the generated data (`<workdir>/data`) and,
+unless their overrides change what the base model depends on (model/data/train,
+star.seed/seed_per_digit/seed_steps/carry_fact_digits, rl.base_workdir), ONE base model trained once in
+`<workdir>/base` (an RL config's `<rl.base_workdir>/base` when set, e.g. a STaR run's) and passed to every
+member, so e.g. rationalization on/off start from the same M. Members that change it train their own in
+`<workdir>/<name>/base`. `<workdir>/base_config.json` guards the shared base against a re-run with a
+different base config.
 
 At the end (or with `--collect` alone) the members' final metrics go to `<workdir>/sweep.md` (markdown
-table), `<workdir>/sweep.csv` and `<workdir>/sweep.png` (accuracy over the training lengths vs iteration,
-one line per member). Wall time sums the members' phases (not the shared base model's training).
+table), `<workdir>/sweep.csv` and `<workdir>/sweep.png`, one line per member: for STaR accuracy over the
+training lengths vs iteration, wall time summing the members' phases (not the shared base model's
+training); for RL the last evaluation's accuracy, KL to the base model, sampled tokens and wall time, and
+accuracy and KL vs sampled tokens (star_jax.pg_compare's table and plot).
 
 Parallel launch on TPU VMs (one VM per member, the workdir on storage all of them mount: a Filestore NFS
 share or a bucket mounted with gcsfuse, e.g. /mnt/sweeps):
@@ -58,9 +67,10 @@ import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from star_jax import star, star_report  # noqa: E402
+from star_jax import rl, rl_sweep, star, star_report  # noqa: E402
 from star_jax import star_data as sd  # noqa: E402
 from star_jax.config import StarExperimentConfig, star_experiment_from_config  # noqa: E402
+from star_jax.rl_config import RLExperimentConfig, rl_experiment_from_config  # noqa: E402
 
 # What the base model (star.make_base_model) depends on: members that change none of it share one.
 _BASE_SECTIONS = ("model", "data", "train")
@@ -73,9 +83,14 @@ class Member:
   index: int
   name: str
   overrides: dict
-  cfg: StarExperimentConfig
+  cfg: StarExperimentConfig  # an RLExperimentConfig for a policy-gradient sweep
   workdir: str
   shares_base: bool
+
+  @property
+  def is_rl(self) -> bool:
+    """Whether the member runs the policy-gradient loop (rl.run) rather than the STaR loop."""
+    return isinstance(self.cfg, RLExperimentConfig)
 
 
 # ---- the sweep definition ----
@@ -131,12 +146,25 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
   return config
 
 
+def experiment_from_config(config: ml_collections.ConfigDict) -> StarExperimentConfig:
+  """The validated config: a policy-gradient experiment if it has an `rl` section (as star_jax.main decides)."""
+  return (rl_experiment_from_config if "rl" in config else star_experiment_from_config)(config)
+
+
 def base_signature(cfg: StarExperimentConfig) -> dict:
-  """The part of a config the base model depends on (JSON-comparable)."""
+  """The part of a config the base model depends on (JSON-comparable), for RL also where it is kept."""
   sig = {s: dataclasses.asdict(getattr(cfg, s)) for s in _BASE_SECTIONS}
   sig["data"].pop("data_dir")
   sig["star"] = {k: getattr(cfg.star, k) for k in _BASE_STAR_KEYS}
+  if isinstance(cfg, RLExperimentConfig):
+    sig["rl"] = {"base_workdir": cfg.rl.base_workdir}
   return json.loads(json.dumps(sig))
+
+
+def base_workdir(cfg: StarExperimentConfig, default: str) -> str:
+  """The workdir whose base/ holds the base model: an RL config's rl.base_workdir if set (a STaR run's, as
+  for star_jax.main), else `default` (the sweep's for the shared base, a member's for its own)."""
+  return (cfg.rl.base_workdir if isinstance(cfg, RLExperimentConfig) else "") or default
 
 
 def plan(config: ml_collections.ConfigDict, sweep: Sequence[Mapping[str, Any]], workdir: str,
@@ -147,13 +175,13 @@ def plan(config: ml_collections.ConfigDict, sweep: Sequence[Mapping[str, Any]], 
   if not config.data.data_dir:  # every member and the base read one copy of the data
     with config.unlocked():
       config.data.data_dir = os.path.join(workdir, "data")
-  shared = base_signature(star_experiment_from_config(config))
+  shared = base_signature(experiment_from_config(config))
   members, seen = [], {}
   for i, overrides in enumerate(sweep):
     where = f"sweep {sweep_name!r} member {i} ({member_name(overrides)})"
     member_config = apply_overrides(config, overrides, where)
     try:
-      cfg = star_experiment_from_config(member_config)
+      cfg = experiment_from_config(member_config)
     except ValueError as e:
       raise ValueError(f"{where}: {e}") from e
     name = member_name(overrides)
@@ -168,12 +196,17 @@ def plan(config: ml_collections.ConfigDict, sweep: Sequence[Mapping[str, Any]], 
 # ---- running ----
 
 def read_records(member: Member) -> list[dict]:
+  """The member's history: star_metrics.jsonl (one record per iteration), for RL rl_eval.jsonl."""
+  if member.is_rl:
+    return rl_sweep.read_records(member.workdir)
   path = os.path.join(member.workdir, "star_metrics.jsonl")
   return sd.read_jsonl(path) if os.path.exists(path) else []
 
 
 def is_finished(member: Member) -> bool:
-  """True when star_metrics.jsonl records iterations 0..star.iterations."""
+  """True when star_metrics.jsonl records iterations 0..star.iterations (RL: rl_sweep.is_finished)."""
+  if member.is_rl:
+    return rl_sweep.is_finished(member.cfg.rl, read_records(member))
   done = {r["iteration"] for r in read_records(member)}
   return done >= set(range(member.cfg.star.iterations + 1))
 
@@ -197,17 +230,23 @@ def shared_base(members: Sequence[Member], workdir: str):
   elif jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     sd.write_json(path, signature)
-  return star.make_base_model(cfg, workdir)
+  return star.make_base_model(cfg, base_workdir(cfg, workdir))
 
 
 def run_member(member: Member, base_params=None, generator: Callable | None = None) -> list[dict] | None:
-  """Run (or resume) one member with `base_params` (None: its own base in `<member>/base`); None if finished."""
+  """Run (or resume) one member with `base_params` (None: its own base in `<member>/base`); None if finished.
+
+  STaR members run star.run (with `generator`, a test's stand-in for the sampler, if given), RL members
+  rl.run with the config's reward; both return their records.
+  """
   if is_finished(member):
     print(f"[sweep] {member.index}: {member.name} finished; skipped", flush=True)
     return None
   print(f"[sweep] {member.index}: {member.name} -> {member.workdir}", flush=True)
   if base_params is None:
-    base_params = star.make_base_model(member.cfg, member.workdir)
+    base_params = star.make_base_model(member.cfg, base_workdir(member.cfg, member.workdir))
+  if member.is_rl:
+    return rl.run(member.cfg, member.workdir, base_params)
   return star.run(member.cfg, member.workdir, base_params, generator=generator)
 
 
@@ -230,9 +269,12 @@ def _seconds(records: Sequence[Mapping]) -> float:
 
 def summary_row(member: Member, records: Sequence[Mapping]) -> dict:
   """One member's final metrics: the last iteration's accuracies and kept examples, the best iteration
-  (highest acc_train_lengths), total wall time, and whether every iteration is recorded."""
-  row = {"member": member.name, "overrides": json.dumps(member.overrides),
-         "finished": is_finished(member), "iterations": len(records) - 1 if records else 0}
+  (highest acc_train_lengths), total wall time, and whether every iteration is recorded (RL:
+  rl_sweep.summary of its evaluations)."""
+  row = {"member": member.name, "overrides": json.dumps(member.overrides), "finished": is_finished(member)}
+  if member.is_rl:
+    return {**row, **rl_sweep.summary(member.cfg, records)}
+  row["iterations"] = len(records) - 1 if records else 0
   if not records:
     return row
   last = records[-1]
@@ -282,8 +324,18 @@ def plot(histories: Mapping[str, Sequence[Mapping]], max_train_digits: int, path
   os.replace(f"{path}.tmp.png", path)
 
 
+def write_csv(path: str, rows: Sequence[Mapping]) -> None:
+  """`rows` as CSV, the columns in order of first appearance (a member not started has fewer)."""
+  columns = list(dict.fromkeys(k for r in rows for k in r))
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+  writer.writeheader()
+  writer.writerows(rows)
+  sd.write_text(path, buffer.getvalue())
+
+
 def collect(members: Sequence[Member], workdir: str, sweep_name: str = "sweep") -> list[dict]:
-  """Write `sweep.md`, `sweep.csv` and `sweep.png` in `workdir` from the members' star_metrics.jsonl."""
+  """Write `sweep.md`, `sweep.csv` and `sweep.png` in `workdir` from the members' records (read_records)."""
   histories = {m.name: read_records(m) for m in members}
   rows = [summary_row(m, histories[m.name]) for m in members]
   if jax.process_index() != 0:
@@ -291,24 +343,27 @@ def collect(members: Sequence[Member], workdir: str, sweep_name: str = "sweep") 
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   max_train = members[0].cfg.data.max_train_digits
-  columns = list(dict.fromkeys(k for r in rows for k in r))
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-  writer.writeheader()
-  writer.writerows(rows)
-  sd.write_text(os.path.join(workdir, "sweep.csv"), buffer.getvalue())
-  shared = [m.name for m in members if m.shares_base]
+  write_csv(os.path.join(workdir, "sweep.csv"), rows)
+  png = os.path.join(workdir, "sweep.png")
+  if members[0].is_rl:  # (an override cannot add or remove the rl section: all members are of one kind)
+    description, table = rl_sweep.report(rows, max_train)
+    rl_sweep.plot(histories, png)
+  else:
+    description = (f"final iteration's held-out greedy accuracy (* = longer than any training question), the "
+                   f"best iteration by accuracy over 1–{max_train} digits, examples kept at the final iteration, "
+                   f"and the members' total wall time (without the base model). ")
+    table = markdown_table(rows, max_train)
+    plot(histories, max_train, png, f"STaR sweep: {sweep_name}")
+  shared = [m for m in members if m.shares_base]
   text = "\n\n".join([
       f"# Sweep `{sweep_name}`",
-      f"{len(members)} members; final iteration's held-out greedy accuracy (* = longer than any training "
-      f"question), the best iteration by accuracy over 1–{max_train} digits, examples kept at the final "
-      f"iteration, and the members' total wall time (without the base model). "
-      + (f"Shared base model (`base/`): {', '.join(f'`{n}`' for n in shared)}." if shared else ""),
-      markdown_table(rows, max_train),
-      "![accuracy vs iteration](sweep.png)",
+      f"{len(members)} members; {description}"
+      + (f"Shared base model (`{os.path.join(base_workdir(shared[0].cfg, ''), 'base/')}`): "
+         f"{', '.join(f'`{m.name}`' for m in shared)}." if shared else ""),
+      table,
+      "![held-out accuracy](sweep.png)",
   ])
   sd.write_text(os.path.join(workdir, "sweep.md"), text + "\n")
-  plot(histories, max_train, os.path.join(workdir, "sweep.png"), f"STaR sweep: {sweep_name}")
   return rows
 
 
@@ -317,8 +372,10 @@ def collect(members: Sequence[Member], workdir: str, sweep_name: str = "sweep") 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS, sys_argv: list[str] | None = None) -> None:
   """The sweep's flags (defined by `main`, or on a test's own FlagValues with its argv: config_flags
   finds the `--config.*` overrides in `sys_argv`, default sys.argv, when the flag is defined)."""
+  # allow_override: star_jax.pg_compare (imported through rl_sweep) defines an identical --config on
+  # flags.FLAGS at import; this one replaces it (or, if defined first and parsed, is kept).
   config_flags.DEFINE_config_file("config", None, "experiments/configs/*.py[:variant] with a SWEEPS dict.",
-                                  flag_values=flag_values, lock_config=True, sys_argv=sys_argv)
+                                  flag_values=flag_values, lock_config=True, sys_argv=sys_argv, allow_override=True)
   flags.DEFINE_string("sweep", None, "Name of the sweep in the config file's SWEEPS.", flag_values=flag_values)
   flags.DEFINE_string("workdir", None, "Sweep directory: one subdirectory per member, base/, data/, sweep.*",
                       flag_values=flag_values)

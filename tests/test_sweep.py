@@ -1,7 +1,9 @@
 """The sweep runner: member names, override validation, one shared base model, skipping finished members,
---member / --collect / --base_only, and a collected table equal to the members' star_metrics.jsonl."""
+--member / --collect / --base_only, and a collected table equal to the members' star_metrics.jsonl (STaR)
+or rl_eval.jsonl (policy-gradient configs)."""
 
 import csv
+import dataclasses
 import json
 import os
 import sys
@@ -12,14 +14,17 @@ import numpy as np
 import pytest
 from absl import flags
 
-from star_jax import star, star_data, sweep
+from star_jax import models, rl, rl_config, rl_sweep, star, star_data, sweep
 from star_jax.data import arithmetic
 from star_jax.data.arithmetic import Problem
 
 _ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 CONFIG = os.path.join(_ROOT, "experiments", "configs", "star_arithmetic.py")
 sys.path.insert(0, os.path.dirname(CONFIG))
+import pg_star_arithmetic  # noqa: E402
 import star_arithmetic  # noqa: E402
+
+PG_CONFIG = os.path.join(os.path.dirname(CONFIG), "pg_star_arithmetic.py")
 
 
 def _config(variant="tiny"):
@@ -242,3 +247,70 @@ def test_real_loop_table_equals_the_members_metrics(tmp_path, monkeypatch):
   monkeypatch.setattr(star, "make_base_model", None)
   monkeypatch.setattr(star, "run", None)
   sweep.run_from_flags(_flags(args), generator=parity_generator)
+
+
+# ---- policy-gradient sweeps: a config with an `rl` section runs rl.run per member ----
+
+def test_every_pg_sweep_validates_and_shares_one_base(tmp_path):
+  for name in pg_star_arithmetic.SWEEPS:
+    members = sweep.plan(pg_star_arithmetic.get_config(""), sweep.load_sweep(PG_CONFIG, name), str(tmp_path), name)
+    assert len(members) >= 2 and all(m.is_rl and m.shares_base for m in members), name  # rl.* leaves the base alone
+  members = sweep.plan(pg_star_arithmetic.get_config("tiny"), [{"rl.advantage": "none"}, {"rl.base_workdir": "/star"},
+                                                               {"star.seed_steps": 3}], str(tmp_path))
+  assert [m.shares_base for m in members] == [True, False, False]
+  assert [sweep.base_workdir(m.cfg, "/w") for m in members] == ["/w", "/star", "/w"]
+  assert not sweep.plan(_config(), [{}], str(tmp_path))[0].is_rl
+
+
+def test_rl_member_is_finished_by_the_evaluation_where_the_loop_stops():
+  cfg = rl_config.rl_experiment_from_config(pg_star_arithmetic.get_config("tiny")).rl  # 4 steps
+  records = [{"step": s, "sampled_tokens": 100 * s} for s in (0, 2, 4)]
+  assert rl_sweep.is_finished(cfg, records)
+  assert not rl_sweep.is_finished(cfg, records[:2]) and not rl_sweep.is_finished(cfg, [])
+  budget = dataclasses.replace(cfg, token_budget=150)  # rl.run stops (and evaluates) at step 2
+  assert rl_sweep.is_finished(budget, records[:2]) and not rl_sweep.is_finished(budget, records[:1])
+  assert not rl_sweep.is_finished(dataclasses.replace(cfg, steps=6), records)  # a raised rl.steps resumes
+  assert rl_sweep.report([{"member": "m", "finished": False, "steps": 0}], 3)[1] == "Not started: `m`."
+
+
+def test_rl_sweep_shares_one_base_collects_and_skips_finished_members(tmp_path, monkeypatch):
+  """Two members of the tiny PG config (2 steps each) from one base model; sweep.csv holds each member's last
+  evaluation; a second invocation trains, loads and evaluates nothing."""
+  config_file = tmp_path / "pg_two.py"
+  config_file.write_text(f"import sys\nsys.path.insert(0, {os.path.dirname(PG_CONFIG)!r})\n"
+                         "from pg_star_arithmetic import get_config  # noqa: F401\n"
+                         "SWEEPS = {'advantage': [{'rl.advantage': 'rloo'}, {'rl.advantage': 'none'}]}\n")
+  w = str(tmp_path / "sweep")
+  made, given = [], []
+  real_run = rl.run
+  init = jax.jit(models.init_params, static_argnums=0)  # a random base model: seed training is test_star's
+  monkeypatch.setattr(star, "make_base_model", lambda cfg, d: made.append(d) or init(cfg.model, jax.random.key(0)))
+  monkeypatch.setattr(rl, "run", lambda cfg, d, base: given.append(base) or real_run(cfg, d, base))
+  args = [f"--config={config_file}:tiny", "--sweep=advantage", f"--workdir={w}", "--config.rl.steps=2"]
+  members = sweep.run_from_flags(_flags(args))
+  assert made == [w] and len(given) == 2 and given[0] is given[1]  # one base model for both members
+  assert json.load(open(os.path.join(w, "base_config.json")))["rl"] == {"base_workdir": ""}
+
+  rows = list(csv.DictReader(open(os.path.join(w, "sweep.csv"))))
+  assert [r["member"] for r in rows] == ["rl.advantage=rloo", "rl.advantage=none"]
+  for m, row in zip(members, rows):
+    records = star_data.read_jsonl(os.path.join(m.workdir, "rl_eval.jsonl"))
+    assert [r["step"] for r in records] == [0, 2] and row["finished"] == "True" and row["steps"] == "2"
+    for key in ("acc_train_lengths", "acc_overall", "acc_1digit", "acc_3digit", "kl_to_base", "sampled_tokens",
+                "seconds"):
+      assert float(row[key]) == records[-1][key], key
+    assert float(row["base_acc_train_lengths"]) == records[0]["acc_train_lengths"]
+    assert float(row["best_acc_train_lengths"]) == max(r["acc_train_lengths"] for r in records)
+  table = open(os.path.join(w, "sweep.md")).read()
+  assert "| run | sampled tokens |" in table and "Shared base model (`base/`)" in table
+  assert all(f"| `{m.name}` | {int(float(r['sampled_tokens'])):,} |" in table for m, r in zip(members, rows))
+  assert os.path.getsize(os.path.join(w, "sweep.png")) > 1000
+
+  # Finished: nothing is made, loaded or run again, and the table is the same.
+  monkeypatch.setattr(star, "make_base_model", None)
+  monkeypatch.setattr(rl, "run", None)
+  sweep.run_from_flags(_flags(args))
+  assert open(os.path.join(w, "sweep.md")).read() == table
+  # More steps on the command line: both members are unfinished again (--collect alone runs nothing).
+  sweep.run_from_flags(_flags(args[:-1] + ["--config.rl.steps=4", "--collect"]))
+  assert "`rl.advantage=none` (unfinished: step 2)" in open(os.path.join(w, "sweep.md")).read()

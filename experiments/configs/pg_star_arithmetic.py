@@ -12,6 +12,11 @@ from its very base model (`<workdir>/base/`); otherwise it is trained (identical
 
   python -m star_jax.main --config=experiments/configs/pg_star_arithmetic.py --workdir=runs/pg_rloo \\
       --config.rl.base_workdir=runs/star_arithmetic --config.rl.advantage=rloo
+
+The SWEEPS below run with the sweep runner (one rl.run per member, one shared base model, sweep.md/csv/png):
+
+  python -m star_jax.sweep --config=experiments/configs/pg_star_arithmetic.py --sweep=comparison \\
+      --workdir=runs/sweeps/pg_comparison --config.rl.base_workdir=runs/star_arithmetic
 """
 
 import importlib.util
