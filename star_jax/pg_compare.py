@@ -28,11 +28,14 @@ from ml_collections import config_flags
 
 from star_jax import star_data as sd
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/pg_star_arithmetic.py[:arg]",
-                                          lock_config=True)
-_STAR = flags.DEFINE_string("star_workdir", None, "The STaR run's workdir (its base/ is the PG runs' base).")
-_RL = flags.DEFINE_list("rl", [], "name=workdir of each PG-STaR run, comma-separated.")
-_OUT = flags.DEFINE_string("out", None, "Directory for comparison.{md,csv,json,png}.")
+
+def define_flags() -> None:
+  """The command line's flags, defined only when this module runs as a script (star_jax.sweep imports it)."""
+  config_flags.DEFINE_config_file("config", None, "experiments/configs/pg_star_arithmetic.py[:arg]", lock_config=True)
+  flags.DEFINE_string("star_workdir", None, "The STaR run's workdir (its base/ is the PG runs' base).")
+  flags.DEFINE_list("rl", [], "name=workdir of each PG-STaR run, comma-separated.")
+  flags.DEFINE_string("out", None, "Directory for comparison.{md,csv,json,png}.")
+  flags.mark_flags_as_required(["config", "star_workdir", "out"])
 
 
 def star_points(records: Sequence[Mapping], kl: Sequence[float]) -> list[dict]:
@@ -135,18 +138,19 @@ def compare(cfg, star_workdir: str, rl_workdirs: Mapping[str, str], out: str) ->
 def main(argv) -> None:
   del argv
   from star_jax import rl_config  # noqa: PLC0415
-  cfg = rl_config.rl_experiment_from_config(_CONFIG.value)
+  f = flags.FLAGS
+  cfg = rl_config.rl_experiment_from_config(f.config)
   rl_workdirs = {}
-  for item in _RL.value:
+  for item in f.rl:
     name, sep, workdir = item.partition("=")
     if not sep or not name or not workdir:
       raise app.UsageError(f"--rl: expected name=workdir, got {item!r}")
     rl_workdirs[name] = workdir
-  rows = compare(cfg, _STAR.value, rl_workdirs, _OUT.value)
+  rows = compare(cfg, f.star_workdir, rl_workdirs, f.out)
   print(markdown_table(rows, cfg.data.max_train_digits))
-  print(f"\nwritten: {os.path.join(_OUT.value, 'comparison.md')}, comparison.csv, comparison.json, comparison.png")
+  print(f"\nwritten: {os.path.join(f.out, 'comparison.md')}, comparison.csv, comparison.json, comparison.png")
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "star_workdir", "out"])
+  define_flags()
   app.run(main)

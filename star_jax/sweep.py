@@ -17,8 +17,8 @@ altogether once `star_metrics.jsonl` records every iteration (a re-run does no w
 section (as star_jax.main decides) is a policy-gradient experiment: each member runs `rl.run` instead,
 skipped once its `rl_eval.jsonl` holds the evaluation of the step where the loop stops (rl.steps or
 rl.token_budget; star_jax/rl_sweep.py). All members share the generated data (`<workdir>/data`) and,
-unless their overrides change what the base model depends on (model/data/train,
-star.seed/seed_per_digit/seed_steps/carry_fact_digits, rl.base_workdir), ONE base model trained once in
+unless their overrides change what the base model depends on (model/data/train, star.seed/seed_per_digit/
+one_digit_repeats/seed_steps/carry_fact_digits, rl.base_workdir), ONE base model trained once in
 `<workdir>/base` (an RL config's `<rl.base_workdir>/base` when set, e.g. a STaR run's) and passed to every
 member, so e.g. rationalization on/off start from the same M. Members that change it train their own in
 `<workdir>/<name>/base`. `<workdir>/base_config.json` guards the shared base against a re-run with a
@@ -74,7 +74,7 @@ from star_jax.rl_config import RLExperimentConfig, rl_experiment_from_config  # 
 
 # What the base model (star.make_base_model) depends on: members that change none of it share one.
 _BASE_SECTIONS = ("model", "data", "train")
-_BASE_STAR_KEYS = ("seed", "seed_per_digit", "seed_steps", "carry_fact_digits")
+_BASE_STAR_KEYS = ("seed", "seed_per_digit", "one_digit_repeats", "seed_steps", "carry_fact_digits")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,10 +372,8 @@ def collect(members: Sequence[Member], workdir: str, sweep_name: str = "sweep") 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS, sys_argv: list[str] | None = None) -> None:
   """The sweep's flags (defined by `main`, or on a test's own FlagValues with its argv: config_flags
   finds the `--config.*` overrides in `sys_argv`, default sys.argv, when the flag is defined)."""
-  # allow_override: star_jax.pg_compare (imported through rl_sweep) defines an identical --config on
-  # flags.FLAGS at import; this one replaces it (or, if defined first and parsed, is kept).
   config_flags.DEFINE_config_file("config", None, "experiments/configs/*.py[:variant] with a SWEEPS dict.",
-                                  flag_values=flag_values, lock_config=True, sys_argv=sys_argv, allow_override=True)
+                                  flag_values=flag_values, lock_config=True, sys_argv=sys_argv)
   flags.DEFINE_string("sweep", None, "Name of the sweep in the config file's SWEEPS.", flag_values=flag_values)
   flags.DEFINE_string("workdir", None, "Sweep directory: one subdirectory per member, base/, data/, sweep.*",
                       flag_values=flag_values)
