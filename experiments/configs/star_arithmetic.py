@@ -1,15 +1,16 @@
 """STaR (Zelikman et al. 2022, arXiv 2203.14465) on n-digit addition: star_jax.star.make_base_model + run.
 
-  get_config()        the arithmetic experiment (experiments/star_arithmetic/, run "full2"): 3 layers,
+  get_config()        the arithmetic experiment (experiments/star_arithmetic/, run "full5"): 3 layers,
                       d_model 64, |D| = 40,081 questions of 1-5 digits (5% drawn per iteration), 6 iterations
   get_config("demo")  `make demo` (run "demo2"): 1-3 digits, a 1,200-step base model, two iterations
   get_config("tiny")  seconds; used by tests/test_star.py
 
 The base model (never trained on a rationale for D or a test set) learns from the seed set P: all 81
-one-digit problems, star.seed_per_digit scratchpads per length 2..max_train_digits, and the few 2-3 digit
-problems whose scratchpads show every single-digit fact x + y + carry (star.carry_fact_digits), all drawn
-from the rationales split (disjoint from D and the tests), each with the plain and the hinted prompt.
-|P| is 270 problems, 0.7% of |D|, here (the paper's bound: 5%).
+one-digit problems (star.one_digit_repeats times), star.seed_per_digit scratchpads per length
+2..max_train_digits, and the few 2-3 digit problems whose scratchpads show every single-digit fact
+x + y + carry (star.carry_fact_digits), all drawn from the rationales split (disjoint from D and the tests),
+each with the plain and the hinted prompt. |P| is 528 problems, 1.3% of |D|, here (the paper's bound: 5%);
+the demo's is 210, 1.0% of its |D|.
 
 Validated by star_jax.config.star_experiment_from_config (sections model/data/train/checkpoint/eval/mesh
 as in arithmetic.py, plus `star`). `train` is used twice: for the base model (star.seed_steps steps) and
@@ -87,10 +88,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.star.max_new_tokens = 192  # generation cap (a 5-digit target is 163 characters)
   c.star.generate_batch_size = 256  # prompts decoded together while generating
   c.star.mix_seed = True  # also fine-tune on P (not in Algorithm 1: our stand-in for the paper's few-shot prompt)
-  c.star.seed_per_digit = 30  # base model: scratchpads per length 2..5, plus all 81 one-digit problems
-  c.star.one_digit_repeats = 1  # base model: the 81 one-digit seeds this many times (keeps their share when seeds grow)
+  c.star.seed_per_digit = 100  # base model: scratchpads per length 2..5 (30 left 4-5 digits unrationalized: full2)
+  c.star.one_digit_repeats = 3  # base model: the 81 one-digit seeds 3 times (else 1-digit fell to 12%: full3)
   c.star.carry_fact_digits = 3  # base model: + the ~90 2-3 digit split problems showing every x + y + carry fact
-  c.star.seed_steps = 2000  # base model: training steps on the seed examples (plain + hinted prompts)
+  c.star.seed_steps = 3000  # base model: training steps on the seed examples (plain + hinted prompts)
   c.star.seed = 0  # every rng of the loop derives from (seed, iteration, phase)
   # few-shot prompting is not implemented: the base model is fine-tuned on the seed examples instead.
 
@@ -98,7 +99,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data.max_train_digits, c.data.max_test_digits, c.data.test_per_digit = 3, 4, 50
     c.train.batch_size, c.train.seq_len, c.train.warmup_steps = 16, 160, 30  # a 3-digit example: 129 tokens
     c.eval.batch_size, c.eval.max_new_tokens = 200, 144  # a 4-digit target is 130 characters
-    c.star.seed_steps = 1200  # |D| = 20,081: the seed set (210 problems) is 1.0% of it
+    c.star.seed_per_digit, c.star.one_digit_repeats = 30, 1  # the seed set (210 problems) is 1.0% of |D| = 20,081
+    c.star.seed_steps = 1200
     c.star.iterations, c.star.base_steps, c.star.fraction_of_D = 2, 800, 0.1  # ~2,000 questions per iteration
     c.star.max_new_tokens = 112
   elif arg == "tiny":
@@ -111,7 +113,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.eval.batch_size, c.eval.max_new_tokens = 8, 128
     c.star.iterations, c.star.base_steps, c.star.fraction_of_D = 2, 6, 1.0
     c.star.max_new_tokens, c.star.generate_batch_size = 128, 8  # = eval's: one sampler compilation
-    c.star.seed_per_digit, c.star.seed_steps = 4, 6  # = base_steps: the base shares one train-step compilation
+    c.star.seed_per_digit, c.star.one_digit_repeats, c.star.seed_steps = 4, 1, 6  # 6 = base_steps: one compilation
     c.star.carry_fact_digits = 0  # (tested on its own in tests/test_star.py)
     c.star.mix_seed = False  # Algorithm 1 exactly: the tests count the kept examples as the training set
   elif arg:
