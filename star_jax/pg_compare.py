@@ -112,16 +112,17 @@ def plot(runs: Mapping[str, Sequence[Mapping]], path: str) -> None:
 def compare(cfg, star_workdir: str, rl_workdirs: Mapping[str, str], out: str) -> list[dict]:
   """Collect the runs, measure STaR's KL to base, write the outputs under `out`; returns the table rows."""
   from star_jax import rl, star  # noqa: PLC0415 (jax)
+  rl_paths = {name: os.path.join(workdir, rl.EVAL_FILE) for name, workdir in rl_workdirs.items()}
+  for name, path in rl_paths.items():  # before the STaR KL measurement, which takes minutes
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"PG run {name!r}: {path} not found (not an RL workdir, or the run has not started)")
   star_records = sd.read_jsonl(os.path.join(star_workdir, "star_metrics.jsonl"))
   base = star.load_iteration_params(cfg, star_workdir, "base")
   measure = rl.kl_meter(cfg, star_workdir, base)
   kl = [0.0] + [measure(star.load_iteration_params(cfg, star_workdir, r["iteration"]), r["iteration"])["kl_to_base"]
                 for r in star_records[1:]]
   runs = {"STaR": star_points(star_records, kl)}
-  for name, workdir in rl_workdirs.items():
-    path = os.path.join(workdir, "rl_eval.jsonl")
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"PG run {name!r}: {path} not found (not an RL workdir, or the run has not started)")
+  for name, path in rl_paths.items():
     runs[f"PG {name}"] = rl_points(sd.read_jsonl(path))
   rows = summary_rows(runs, cfg.data.max_train_digits)
   sd.write_text(os.path.join(out, "comparison.md"), markdown_table(rows, cfg.data.max_train_digits) + "\n")

@@ -48,6 +48,7 @@ from star_jax.rl_config import RLExperimentConfig
 RewardFn = Callable[[Problem, str], float]  # one response
 BatchRewardFn = Callable[[Sequence[Problem], Sequence[str]], np.ndarray]  # a sampled batch -> rewards_B
 SAMPLE, EVAL_KL = 0, 1  # phase ids of the rng: key(seed, step, phase)
+METRICS_FILE, EVAL_FILE = "rl_metrics.jsonl", "rl_eval.jsonl"  # in the workdir (see the module docstring)
 
 
 def outcome_reward(problem: Problem, text: str) -> float:
@@ -249,8 +250,8 @@ def _read_records(path: str, last_step: int) -> list[dict]:
 def _write_outputs(ctx: _Context, train_records: list[dict], eval_records: list[dict]) -> None:
   if jax.process_index() != 0:
     return
-  sd.write_jsonl(os.path.join(ctx.workdir, "rl_metrics.jsonl"), train_records)
-  sd.write_jsonl(os.path.join(ctx.workdir, "rl_eval.jsonl"), eval_records)
+  sd.write_jsonl(os.path.join(ctx.workdir, METRICS_FILE), train_records)
+  sd.write_jsonl(os.path.join(ctx.workdir, EVAL_FILE), eval_records)
   rl, lengths = ctx.cfg.rl, range(1, ctx.cfg.data.max_test_digits + 1)
   header = (["step", "sampled tokens", "train lengths", "all"] + [f"{n}-digit" for n in lengths]
             + ["KL to base (k1)", "KL (k3)", "wall s"])
@@ -292,7 +293,7 @@ def run(cfg: RLExperimentConfig, workdir: str, base_params, reward: BatchRewardF
   tx, step_fn, logps_fn = _compiled(cfg.model, cfg.train, rl, mesh)
   abstract, shardings = pg_step.state_shardings(cfg.model, tx, mesh)
   ref_params = jax.device_put(base_params, shardings.train.params)
-  metrics_path, eval_path = (os.path.join(ctx.workdir, f) for f in ("rl_metrics.jsonl", "rl_eval.jsonl"))
+  metrics_path, eval_path = (os.path.join(ctx.workdir, f) for f in (METRICS_FILE, EVAL_FILE))
 
   with checkpoint.Checkpointer(os.path.join(ctx.workdir, "checkpoints"), keep=cfg.checkpoint.keep) as ckpt, \
        metrics.MetricWriter(os.path.join(ctx.workdir, "logs")) as writer:
@@ -363,9 +364,9 @@ def run(cfg: RLExperimentConfig, workdir: str, base_params, reward: BatchRewardF
         finish()  # the previous update's metrics, fetched while this batch is sampled
         tokens, lengths, logps = sharding.to_host((out.tokens_BxN, out.lengths_B, out.logps_BxN))
         t1 = time.perf_counter()
-        rows = [(p, tok.decode(tokens[i, :lengths[i]]))
-                for i, p in enumerate(p for p in problems for _ in range(rl.samples_per_question))]
-        rewards = np.asarray(reward([p for p, _ in rows], [text for _, text in rows]), np.float32)
+        row_problems = [p for p in problems for _ in range(rl.samples_per_question)]  # question-major rows
+        texts = [tok.decode(tokens[i, :lengths[i]]) for i in range(len(row_problems))]
+        rewards = np.asarray(reward(row_problems, texts), np.float32)
         batch = build_batch(prompt_ids, tokens, lengths, logps, rewards, cfg.train.seq_len)
         device_batch = {k: sharding.shard_global_batch(v, mesh) for k, v in batch.items()}
         args = (state, device_batch, state.train.rng) + ((ref_params,) if rl.uses_reference else ())
@@ -374,7 +375,7 @@ def run(cfg: RLExperimentConfig, workdir: str, base_params, reward: BatchRewardF
         n_tokens = int(np.sum(lengths))
         host["sampled_tokens"] += n_tokens
         pending = _Pending(step, device_metrics, t2, host={
-            "accuracy": float(np.mean([verifiers.is_correct(p, text) for p, text in rows])),
+            "accuracy": float(np.mean([verifiers.is_correct(p, text) for p, text in zip(row_problems, texts)])),
             "sampled_tokens": float(host["sampled_tokens"]), "response_tokens": float(n_tokens),
             "sample_seconds": t1 - t0, "host_seconds": t2 - t1,
             "sample_tokens_per_sec": n_tokens / max(t1 - t0, 1e-9)})

@@ -13,16 +13,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from star_jax import pg_compare
+from star_jax import pg_compare, rl
 from star_jax import star_data as sd
 from star_jax.rl_config import RLConfig, RLExperimentConfig
 
-EVAL_FILE = "rl_eval.jsonl"
-
-
 def read_records(workdir: str) -> list[dict]:
   """The evaluation records of the RL run in `workdir` ([] before its first evaluation)."""
-  path = os.path.join(workdir, EVAL_FILE)
+  path = os.path.join(workdir, rl.EVAL_FILE)
   return sd.read_jsonl(path) if os.path.exists(path) else []
 
 
