@@ -13,6 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from star_jax import config as config_lib
+from star_jax import host_malloc
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiments/configs/*.py file[:arg].",
                                           lock_config=True)
@@ -26,6 +27,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  host_malloc.reuse_freed_memory()  # before any JAX computation; STAR_JAX_SYSTEM_MALLOC=1 opts out
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax/TFDS are chatty at INFO; --verbosity=0 restores it
   from star_jax import finetune, sharding  # noqa: PLC0415 (after flags; jax.distributed must come first)

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
+from star_jax import host_malloc
 from star_jax import star_data as sd
 
 
@@ -138,6 +139,7 @@ def compare(cfg, star_workdir: str, rl_workdirs: Mapping[str, str], out: str) ->
 
 def main(argv) -> None:
   del argv
+  host_malloc.reuse_freed_memory()  # before any JAX computation; STAR_JAX_SYSTEM_MALLOC=1 opts out
   from star_jax import rl_config  # noqa: PLC0415
   f = flags.FLAGS
   cfg = rl_config.rl_experiment_from_config(f.config)

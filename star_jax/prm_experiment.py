@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 
-from star_jax import checkpoint, evaluate, prm, prm_train, sampling, sharding, train
+from star_jax import checkpoint, evaluate, host_malloc, prm, prm_train, sampling, sharding, train
 from star_jax import config as config_lib
 from star_jax.data import CharTokenizer, arithmetic, verifiers
 from star_jax.data.arithmetic import Problem
@@ -444,6 +444,7 @@ def write_report(results: Mapping, directory: str) -> None:
 
 def main(argv):
   del argv
+  host_malloc.reuse_freed_memory()  # before any JAX computation; STAR_JAX_SYSTEM_MALLOC=1 opts out
   from absl import flags  # noqa: PLC0415
   cfg = study_from_config(flags.FLAGS.config)
   run(cfg, flags.FLAGS.workdir, flags.FLAGS.results_dir or None)

@@ -67,7 +67,7 @@ import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from star_jax import rl, rl_sweep, star, star_report  # noqa: E402
+from star_jax import host_malloc, rl, rl_sweep, star, star_report  # noqa: E402
 from star_jax import star_data as sd  # noqa: E402
 from star_jax.config import StarExperimentConfig, star_experiment_from_config  # noqa: E402
 from star_jax.rl_config import RLExperimentConfig, rl_experiment_from_config  # noqa: E402
@@ -430,6 +430,7 @@ def main() -> None:
   def _main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    host_malloc.reuse_freed_memory()  # before any JAX computation; STAR_JAX_SYSTEM_MALLOC=1 opts out
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)
     run_from_flags()
