@@ -156,6 +156,18 @@ def test_row_groups_must_divide_the_batch(params, prompts):
         sample(MODEL, params, *prompts, jax.random.key(0), cfg=GREEDY, eos_id=NO_EOS, pad_id=PAD, row_groups=3)
 
 
+@pytest.mark.parametrize("devices, expected", [(1, 1), (2, sampling._MULTI_DEVICE_DONE_CHECK), (8, 8)])
+def test_done_check_interval_hand_computed(monkeypatch, devices, expected):
+    # Every step on one device (the check is free); every 8 steps when the batch is split over devices.
+    monkeypatch.setattr(sampling.jax, "device_count", lambda: devices)
+    assert sampling.done_check_interval() == expected
+
+
+def test_check_every_must_be_positive(params, prompts):
+    with pytest.raises(ValueError, match="check_every=0 must be >= 1"):
+        sample(MODEL, params, *prompts, jax.random.key(0), cfg=GREEDY, eos_id=NO_EOS, pad_id=PAD, check_every=0)
+
+
 @pytest.mark.parametrize("cpus, devices, batch, expected", [
     (2, 1, 32, 2), (2, 1, 8, 1), (2, 1, 12, 1), (16, 1, 32, 4), (16, 1, 24, 3), (6, 1, 40, 5), (1, 1, 32, 1),
     (2, 8, 32, 1),  # a multi-device mesh already splits the batch
@@ -230,9 +242,11 @@ def test_eos_ends_a_row(params, prompts, greedy):
     assert min(lengths) < N
 
 
-def test_stop_sequences_end_rows_and_the_loop_exits_early(params, prompts, greedy, monkeypatch):
+@pytest.mark.parametrize("check_every", [1, 3])
+def test_stop_sequences_end_rows_and_the_loop_exits_early(params, prompts, greedy, monkeypatch, check_every):
     # Row r gets the stop sequence (its tokens 1, 2); row 0 instead a 3-token one (tokens 1..3), so every
-    # row stops by step 3 (earlier where another row's sequence matches first) and the loop can exit.
+    # row stops by step 3 (earlier where another row's sequence matches first) and the loop can exit:
+    # after the step that stops the last row (check_every=1), or at the next multiple of 3 steps.
     stops = [tuple(int(t) for t in greedy.tokens_BxN[0, 1:4])]
     stops += [tuple(int(t) for t in greedy.tokens_BxN[r, 1:3]) for r in range(1, 8)]
     cfg = SamplingConfig(max_new_tokens=N, stop_sequences=tuple(dict.fromkeys(stops)))
@@ -246,8 +260,10 @@ def test_stop_sequences_end_rows_and_the_loop_exits_early(params, prompts, greed
         return original(*args)
 
     monkeypatch.setattr(functional, "decode_step", counting_decode_step)
-    fresh_sample = jax.jit(sample.__wrapped__, static_argnames=("model_config", "cfg", "eos_id", "pad_id"))
-    out = fresh_sample(MODEL, params, *prompts, jax.random.key(0), cfg=cfg, eos_id=NO_EOS, pad_id=PAD)
+    fresh_sample = jax.jit(sample.__wrapped__, static_argnames=("model_config", "cfg", "eos_id", "pad_id",
+                                                                "check_every"))
+    out = fresh_sample(MODEL, params, *prompts, jax.random.key(0), cfg=cfg, eos_id=NO_EOS, pad_id=PAD,
+                       check_every=check_every)
     jax.block_until_ready(out)
     jax.effects_barrier()
 
@@ -256,7 +272,8 @@ def test_stop_sequences_end_rows_and_the_loop_exits_early(params, prompts, greed
     tokens_BxN = np.asarray(out.tokens_BxN)
     for row, length in enumerate(lengths):  # every row ends with one of the stop sequences, kept in the output
         assert any(tuple(tokens_BxN[row, length - len(seq):length]) == seq for seq in cfg.stop_sequences)
-    assert len(calls) == max(lengths)  # no iterations after every row stopped
+    # no iterations after every row stopped, beyond the rest of a check_every block
+    assert len(calls) == min(N, -(-max(lengths) // check_every) * check_every)
 
 
 # ---------------------------------------------------------------------------------------------------
