@@ -131,7 +131,8 @@ def main():
   rng = jax.random.key(0)
 
   def star_jax_cached():
-    return np.asarray(sampling.sample(config, params, prompts_in, lengths_in, rng, cfg=cfg, eos_id=-1, pad_id=0).tokens_BxN)
+    out = sampling.sample(config, params, prompts_in, lengths_in, rng, cfg=cfg, eos_id=-1, pad_id=0)
+    return np.asarray(out.tokens_BxN)
 
   def star_jax_no_cache():
     return np.asarray(greedy_without_cache(config, params, jnp.asarray(prompts), NEW))

@@ -6,7 +6,8 @@ tokens, fp32, AdamW. `--config demo` is the arithmetic demo's shape: 4 layers, d
 FLOPs per step come from XLA's cost analysis of the compiled step; the ceiling is a jitted 2048 x 2048
 fp32 matmul on the same devices. Prints `train_step_mfu_vs_matmul: <ratio>` last.
 
-  python benchmarks/train_step.py [--config ref|demo] [--rounds 7] [--steps 4] [--matmuls 8] [--packed] [--system-malloc]
+  python benchmarks/train_step.py [--config ref|demo] [--rounds 7] [--steps 4] [--matmuls 8] [--packed]
+                                  [--system-malloc]
 
 Timing: after 3 warm-up steps, `--rounds` interleaved rounds each time `--steps` dispatched train steps and
 then `--matmuls` dispatched matmuls; each round gives one ratio (achieved FLOP/s of the steps / FLOP/s of

@@ -10,10 +10,11 @@ and ~0.25 s of kernel CPU time per reference step. Three mallopt(3) settings kee
   M_MMAP_MAX = 0             no allocation is served by a private mmap;
   M_TRIM_THRESHOLD = 2**31-1 freed memory at the top of the heap (up to 2 GiB) stays mapped for reuse.
 
-Measured on the reference step (2-core CPU, benchmarks/RESULTS.md): 95,673 -> 0 page faults per step,
-kernel time 0.24 -> 0.004 s per step, single-step median 1.22 -> 1.04 s. The price: memory the process
-frees is kept for reuse instead of being returned to the OS (the resident size stays at its peak), and
-all threads share one malloc arena.
+Measured on the reference step (2-core CPU, benchmarks/RESULTS.md): 95,673 -> 0 page faults per step, kernel
+time 0.24 -> 0.004 s per step, single-step median 1.08-1.11 -> 0.94-1.05 s; `make demo`'s job took 296 s
+instead of 322 s. The price: memory the process frees is kept for reuse instead of being returned to the OS
+(the resident size stays at its peak), and all threads share one malloc arena, which makes the KV-cache
+sampler 2-4% slower.
 
 A thread is bound to its arena at its first allocation, and XLA creates its thread pools together with
 the JAX backend, so this must run before the first JAX computation: the entry points (`star_jax.main`,
