@@ -11,8 +11,11 @@ times those two parts on their own, in the same process and on the same devices 
                 B x (P + i + 1) slots x K x Dh x 2 (k, v) x layers x 4 bytes, divided by the machine's
                 streaming read bandwidth (a jitted sum over a 512 MiB array, best of 5).
 
-Their sum ignores the prefill and everything else (norms, rotary, softmax, sampling), so no fp32 sampler
-built from XLA:CPU ops can be faster on this machine; it bounds what the speed-up over transformers can be.
+Their sum leaves out the prefill and everything else (norms, rotary, softmax, sampling). It is an estimate
+of the floor, not a strict bound: the matmul chain carries a little elementwise work (tanh, silu, a
+renormalisation), the two parts are timed apart and added (overlapping compute with cache reads would go
+lower), and the bandwidth comes from one unsharded sum. It shows roughly how fast an fp32 sampler made of
+these XLA:CPU ops could be on this machine, and so what speed-up over transformers is within reach.
 """
 
 from __future__ import annotations

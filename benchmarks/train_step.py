@@ -17,7 +17,7 @@ with the first version of this script (mean of 20 steps vs best of 10 matmuls).
 
 Like the library's entry points, the script first calls `star_jax.host_malloc.reuse_freed_memory()`, so
 that XLA:CPU reuses the step's 359 MiB temporary buffer instead of page-faulting it in afresh on every
-step (~96k faults, ~0.2 s of kernel time per step); `--system-malloc` keeps glibc's defaults to measure
+step (~96k faults, 0.22-0.24 s of kernel time per step); `--system-malloc` keeps glibc's defaults to measure
 the difference. See benchmarks/RESULTS.md.
 """
 
@@ -137,7 +137,7 @@ def main():
     matmul_rates.append(matmul.mean_rate(args.matmuls))
     ratios.append(flops / step_seconds[-1] / matmul_rates[-1])
   step_times = []  # one at a time too, to show the spread on a shared machine (not used in the ratio)
-  for _ in range(args.steps):
+  for _ in range(10):
     start = time.perf_counter()
     state, metrics = step_fn(state, global_batch, state.rng)
     jax.block_until_ready(metrics)
@@ -161,6 +161,7 @@ def main():
   print("per-round ratios: " + " ".join(f"{r:.3f}" for r in ratios))
   print(f"strict ratio (mean step vs best single matmul): {flops / step_mean / best_matmul:.3f}")
   print(f"train_step_mfu_vs_matmul: {float(np.median(ratios)):.3f}")
+
 
 if __name__ == "__main__":
   main()

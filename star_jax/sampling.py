@@ -4,8 +4,7 @@ Prompts of different lengths are left-padded into one [B, P] block; pad slots ar
 and every row's positions start at 0 at its first real token, so each row decodes exactly as it would
 alone. The prompt is prefilled in one forward pass that fills the cache; then a `lax.while_loop` decodes
 one token per iteration (each a [B, 1] forward over the cache) until `max_new_tokens` or until every row
-has produced EOS or a stop sequence (checked after every step on one device; every `done_check_interval()`
-steps when the batch is split over devices, where the check is a cross-device all-reduce).
+has produced EOS or a stop sequence (checked after every step by default; see `sample`'s check_every).
 
 Speed (XLA:CPU; benchmarks/sampler.py, benchmarks/RESULTS.md): the decode step is
 `models.functional.decode_step`, which keeps activations as [D, B] columns against weights rearranged
@@ -114,21 +113,6 @@ def row_groups_for(batch_size: int) -> int:
   return groups
 
 
-_MULTI_DEVICE_DONE_CHECK = 8  # decode steps between "has every row stopped?" checks on a multi-device mesh
-
-
-def done_check_interval() -> int:
-  """Decode steps between the loop's early-exit checks: 1 on a single device, else _MULTI_DEVICE_DONE_CHECK.
-
-  With the batch split over devices, "has every row stopped?" is a cross-device all-reduce: every device
-  waits for the slowest at every step (across hosts on a multi-host mesh). Checking every k steps does k
-  times fewer; the price is at most k - 1 decode steps after the last row stopped, whose tokens are
-  padding either way, so the output is unchanged. On 2 CPU devices (benchmarks/sampler.py's shapes,
-  interleaved runs) k = 8 took the sampler from 0.664 to 0.648 s best, 0.712 to 0.692 s median.
-  """
-  return 1 if jax.device_count() == 1 else _MULTI_DEVICE_DONE_CHECK
-
-
 def _cpu_cores() -> int:
   """CPU cores this process may run on."""
   return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -151,21 +135,24 @@ class _LoopState(NamedTuple):
 def sample(model_config: ModelConfig, params, prompt_tokens_BxP: jax.Array, prompt_lengths_B: jax.Array,
            rng: jax.Array, *, cfg: SamplingConfig, eos_id: int, pad_id: int,
            max_new_tokens: jax.Array | None = None, row_groups: int | None = None,
-           check_every: int | None = None) -> SampleOutput:
+           check_every: int = 1) -> SampleOutput:
   """Generate continuations of left-padded prompts. Deterministic for a given rng.
 
   max_new_tokens (traced, optional) lowers the limit below cfg.max_new_tokens without recompiling.
   row_groups: rows decoded as that many independent groups (default `row_groups_for(B)`); it changes
   the schedule, not the maths (results agree up to float rounding).
-  check_every: decode steps between early-exit checks (default `done_check_interval()`); the output does
-  not depend on it.
+  check_every: decode steps between the early-exit checks ("has every row stopped?"); the output does not
+  depend on it. With the batch split over devices each check is a cross-device all-reduce that every
+  device waits at (across hosts on a multi-host mesh); checking every k steps does k times fewer, at the
+  price of up to k - 1 wasted decode steps after the last row stops. On 2 CPU devices, with no early
+  exit, k = 8 took benchmarks/sampler.py's shapes from 0.664 to 0.648 s (best of 8 interleaved runs),
+  too little to pay for the wasted steps of a typical early-exiting batch, hence the default of 1.
   """
   b, p = prompt_tokens_BxP.shape
   n = cfg.max_new_tokens
   groups = row_groups_for(b) if row_groups is None else row_groups
   if groups < 1 or b % groups:
     raise ValueError(f"sample: row_groups={groups} must be >= 1 and divide the batch size {b}")
-  check_every = done_check_interval() if check_every is None else check_every
   if check_every < 1:
     raise ValueError(f"sample: check_every={check_every} must be >= 1")
   rows = b // groups

@@ -128,14 +128,15 @@ def test_max_new_tokens_argument_lowers_the_limit_without_recompiling(params, pr
     assert sample._cache_size() == compiled <= before + 1
 
 
-def test_sharded_over_8_devices_equals_single_device(params, prompts, greedy):
+@pytest.mark.parametrize("check_every", [1, 4])  # 4: early-exit all-reduces only every 4 steps
+def test_sharded_over_8_devices_equals_single_device(params, prompts, greedy, check_every):
     mesh = sharding.make_mesh([("data", 8), ("fsdp", 1), ("tensor", 1)])
     tokens_BxP = sharding.shard_global_batch(prompts[0], mesh)
     lengths_B = sharding.shard_global_batch(prompts[1], mesh)
     assert len(tokens_BxP.sharding.device_set) == 8
     replicated = jax.device_put(params, sharding.replicated(mesh))
     out = sample(MODEL, replicated, tokens_BxP, lengths_B, jax.random.key(0), cfg=GREEDY, eos_id=NO_EOS,
-                 pad_id=PAD)
+                 pad_id=PAD, check_every=check_every)
     np.testing.assert_array_equal(np.asarray(out.tokens_BxN), greedy.tokens_BxN)
     np.testing.assert_array_equal(np.asarray(out.lengths_B), greedy.lengths_B)
     np.testing.assert_allclose(np.asarray(out.logps_BxN), greedy.logps_BxN, rtol=1e-5, atol=1e-5)
@@ -154,13 +155,6 @@ def test_row_groups_change_nothing(params, prompts, greedy, row_groups):
 def test_row_groups_must_divide_the_batch(params, prompts):
     with pytest.raises(ValueError, match="row_groups=3 must be >= 1 and divide the batch size 8"):
         sample(MODEL, params, *prompts, jax.random.key(0), cfg=GREEDY, eos_id=NO_EOS, pad_id=PAD, row_groups=3)
-
-
-@pytest.mark.parametrize("devices, expected", [(1, 1), (2, sampling._MULTI_DEVICE_DONE_CHECK), (8, 8)])
-def test_done_check_interval_hand_computed(monkeypatch, devices, expected):
-    # Every step on one device (the check is free); every 8 steps when the batch is split over devices.
-    monkeypatch.setattr(sampling.jax, "device_count", lambda: devices)
-    assert sampling.done_check_interval() == expected
 
 
 def test_check_every_must_be_positive(params, prompts):
@@ -185,16 +179,20 @@ def test_chunk_ends_hand_computed(n, ends):
     assert sampling._chunk_ends(n) == ends
 
 
-def test_cache_grown_in_chunks_equals_one_chunk(params, prompts, greedy, monkeypatch):
+@pytest.mark.parametrize("check_every", [1, 3])
+def test_cache_grown_in_chunks_equals_one_chunk(params, prompts, greedy, monkeypatch, check_every):
     # Chunks of 2 steps (the cache grows three times within N = 8 steps), with 2 row groups and a stop
-    # sequence that ends row 0 inside the third chunk: the same as the one-chunk, one-group run.
+    # sequence that ends row 0 inside the third chunk: the same as the one-chunk, one-group run. With
+    # check_every=3 the early-exit blocks straddle the chunk ends.
     assert sampling._chunk_ends(N) == (N,)
     monkeypatch.setattr(sampling, "_MIN_DECODE_CHUNK", 2)
     assert sampling._chunk_ends(N) == (2, 4, 6, 8)
     stop = tuple(int(t) for t in greedy.tokens_BxN[0, 3:5])
     cfg = SamplingConfig(max_new_tokens=N, stop_sequences=(stop,))
-    chunked = jax.jit(sample.__wrapped__, static_argnames=("model_config", "cfg", "eos_id", "pad_id", "row_groups"))
-    out = chunked(MODEL, params, *prompts, jax.random.key(0), cfg=cfg, eos_id=NO_EOS, pad_id=PAD, row_groups=2)
+    chunked = jax.jit(sample.__wrapped__, static_argnames=("model_config", "cfg", "eos_id", "pad_id", "row_groups",
+                                                           "check_every"))
+    out = chunked(MODEL, params, *prompts, jax.random.key(0), cfg=cfg, eos_id=NO_EOS, pad_id=PAD, row_groups=2,
+                  check_every=check_every)
     reference = sample(MODEL, params, *prompts, jax.random.key(0), cfg=cfg, eos_id=NO_EOS, pad_id=PAD, row_groups=1)
     lengths = _check_truncated(out, greedy, cfg.stop_sequences)
     assert lengths[0] == 5  # its stop sequence is generated at steps 3 and 4
