@@ -1,4 +1,4 @@
-"""A measured lower bound on the KV-cache sampler's time on this machine (used by benchmarks/sampler.py).
+"""A measured floor estimate of the KV-cache sampler's time on this machine (used by benchmarks/sampler.py).
 
 An exact fp32 greedy sampler must, for every generated token, (1) multiply the batch's activations by every
 weight matrix of the model and (2) read every valid key and value of the cache once per layer. This module

@@ -175,11 +175,12 @@ def main():
     _profile(star_jax_cached)
   matmul_s, matmul_flops = decode_floor.matmul_floor_seconds(config, params, BATCH, NEW, groups, batch_columns)
   bandwidth = decode_floor.read_bandwidth()
-  cache_s = decode_floor.cache_bytes_read(config, BATCH, PROMPT, NEW) / bandwidth
+  cache_bytes = decode_floor.cache_bytes_read(config, BATCH, PROMPT, NEW)
+  cache_s = cache_bytes / bandwidth
   floor_s = matmul_s + cache_s
   hf_s = min(times["transformers generate"])
   print(f"floor: decode matmuls alone {matmul_s:.3f} s ({matmul_flops / matmul_s / 1e9:.1f} GFLOP/s) + KV-cache reads "
-        f"{cache_s:.3f} s ({decode_floor.cache_bytes_read(config, BATCH, PROMPT, NEW) / 1e9:.2f} GB at "
+        f"{cache_s:.3f} s ({cache_bytes / 1e9:.2f} GB at "
         f"{bandwidth / 1e9:.1f} GB/s) = {floor_s:.3f} s; a sampler at the floor: {hf_s / floor_s:.2f}x transformers")
   cached = results["star_jax (KV cache)"][0]
   print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

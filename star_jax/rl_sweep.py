@@ -17,6 +17,7 @@ from star_jax import pg_compare, rl
 from star_jax import star_data as sd
 from star_jax.rl_config import RLConfig, RLExperimentConfig
 
+
 def read_records(workdir: str) -> list[dict]:
   """The evaluation records of the RL run in `workdir` ([] before its first evaluation)."""
   path = os.path.join(workdir, rl.EVAL_FILE)
