@@ -14,7 +14,11 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
+
+from star_jax import io
 from star_jax.data import tasks
+from star_jax.models import hf
 from star_jax.models.config import ModelConfig
 
 # The local files each task's TFDS builder reads (config.data.<split>_path); arithmetic generates its data.
@@ -40,17 +44,17 @@ class DataConfig:
   seed: int = 0  # data generation seed
 
   def __post_init__(self):
-    _require(self.task in TASK_PATHS and self.task in tasks.task_names(), "data.task", self.task,
+    require(self.task in TASK_PATHS and self.task in tasks.task_names(), "data.task", self.task,
              f"must be one of {sorted(TASK_PATHS)}")
     for key in ("train_path", "validation_path", "test_path", "few_shot_path"):
-      _require(key in TASK_PATHS[self.task] or not getattr(self, key), f"data.{key}", getattr(self, key),
+      require(key in TASK_PATHS[self.task] or not getattr(self, key), f"data.{key}", getattr(self, key),
                f"is not read by the {self.task} task (it reads {list(TASK_PATHS[self.task]) or 'no files'})")
-    _require(self.task == "arithmetic" or bool(self.train_path), "data.train_path", self.train_path,
+    require(self.task == "arithmetic" or bool(self.train_path), "data.train_path", self.train_path,
              f"is required for the {self.task} task (a local JSONL file; nothing is downloaded)")
-    _require(1 <= self.max_train_digits <= self.max_test_digits, "data.max_train_digits", self.max_train_digits,
+    require(1 <= self.max_train_digits <= self.max_test_digits, "data.max_train_digits", self.max_train_digits,
              f"must be in [1, data.max_test_digits={self.max_test_digits}]")
     for key in ("rationales_per_digit", "questions_per_digit", "test_per_digit"):
-      _require(getattr(self, key) > 0, f"data.{key}", getattr(self, key), "must be > 0")
+      require(getattr(self, key) > 0, f"data.{key}", getattr(self, key), "must be > 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,15 +76,15 @@ class TrainConfig:
 
   def __post_init__(self):
     for key in ("batch_size", "seq_len", "steps", "grad_accum_steps", "log_every"):
-      _require(getattr(self, key) > 0, f"train.{key}", getattr(self, key), "must be > 0")
-    _require(self.lr > 0, "train.lr", self.lr, "must be > 0")
-    _require(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, "must be >= 0")
-    _require(self.decay in ("cosine", "constant"), "train.decay", self.decay, "must be 'cosine' or 'constant'")
-    _require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
-    _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
-    _require(0 <= self.b1 < 1 and 0 <= self.b2 < 1, "train.b1/b2", (self.b1, self.b2), "must be in [0, 1)")
-    _require(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "must be >= 0")
-    _require(self.batch_size % self.grad_accum_steps == 0, "train.grad_accum_steps", self.grad_accum_steps,
+      require(getattr(self, key) > 0, f"train.{key}", getattr(self, key), "must be > 0")
+    require(self.lr > 0, "train.lr", self.lr, "must be > 0")
+    require(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, "must be >= 0")
+    require(self.decay in ("cosine", "constant"), "train.decay", self.decay, "must be 'cosine' or 'constant'")
+    require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
+    require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
+    require(0 <= self.b1 < 1 and 0 <= self.b2 < 1, "train.b1/b2", (self.b1, self.b2), "must be in [0, 1)")
+    require(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "must be >= 0")
+    require(self.batch_size % self.grad_accum_steps == 0, "train.grad_accum_steps", self.grad_accum_steps,
              f"must divide train.batch_size={self.batch_size}")
 
 
@@ -90,8 +94,8 @@ class CheckpointConfig:
   keep: int = 2  # checkpoints kept on disk
 
   def __post_init__(self):
-    _require(self.every_steps > 0, "checkpoint.every_steps", self.every_steps, "must be > 0")
-    _require(self.keep > 0, "checkpoint.keep", self.keep, "must be > 0")
+    require(self.every_steps > 0, "checkpoint.every_steps", self.every_steps, "must be > 0")
+    require(self.keep > 0, "checkpoint.keep", self.keep, "must be > 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,10 +106,10 @@ class EvalConfig:
   num_shots: int = 0  # few-shot exemplars before each held-out question (STaR tasks with exemplars only)
 
   def __post_init__(self):
-    _require(self.batch_size > 0, "eval.batch_size", self.batch_size, "must be > 0")
-    _require(self.max_new_tokens > 0, "eval.max_new_tokens", self.max_new_tokens, "must be > 0")
-    _require(self.split in ("test", "validation"), "eval.split", self.split, "must be 'test' or 'validation'")
-    _require(self.num_shots >= 0, "eval.num_shots", self.num_shots, "must be >= 0")
+    require(self.batch_size > 0, "eval.batch_size", self.batch_size, "must be > 0")
+    require(self.max_new_tokens > 0, "eval.max_new_tokens", self.max_new_tokens, "must be > 0")
+    require(self.split in ("test", "validation"), "eval.split", self.split, "must be 'test' or 'validation'")
+    require(self.num_shots >= 0, "eval.num_shots", self.num_shots, "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,94 +118,45 @@ class MeshConfig:
 
   def __post_init__(self):
     names = sorted(name for name, _ in self.axes)
-    _require(names == ["data", "fsdp", "tensor"], "mesh.axes", self.axes, "must name data, fsdp and tensor once each")
+    require(names == ["data", "fsdp", "tensor"], "mesh.axes", self.axes, "must name data, fsdp and tensor once each")
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
+  """The supervised job (`kind = "sft"`, star_jax/sft.py); every other experiment extends it.
+
+  `kind` picks the job in star_jax.main ("sft", "star", "pg"); each subclass sets its own default and
+  accepts no other value.
+  """
   model: ModelConfig
   data: DataConfig
   train: TrainConfig
   checkpoint: CheckpointConfig
   eval: EvalConfig
   mesh: MeshConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class StarConfig:
-  """The STaR outer loop (Zelikman et al. 2022, arXiv 2203.14465, Algorithm 1); see star_jax/star.py."""
-  iterations: int = 10  # outer-loop iterations N
-  base_steps: int = 300  # fine-tuning steps of iteration 1
-  growth: float = 1.2  # steps_n = ceil(base_steps * growth^(n-1)): +20% per iteration in the paper
-  rationalize: bool = True  # for failures, generate again with the answer as a hint (hint removed when saved)
-  restart_from_base: bool = True  # fine-tune every iteration from the base model M (False: from M_{n-1})
-  fraction_of_D: float = 1.0  # fraction of the questions D generated on per iteration (resampled each one)
-  temperature: float = 0.0  # rationale sampling temperature (0 = greedy)
-  max_new_tokens: int = 192  # generation cap (also capped per digit length and by train.seq_len)
-  generate_batch_size: int = 256  # prompts decoded together during generation and rationalization
-  mix_seed: bool = False  # also fine-tune on the seed examples each iteration (not in Algorithm 1; arithmetic)
-  num_shots: int = 0  # few-shot exemplars before each generation prompt (hinted ones when rationalizing)
-  seed_per_digit: int = 10  # base model: scratchpads per digit length 2..max_train_digits (+ all 81 1-digit)
-  one_digit_repeats: int = 1  # base model: the 81 one-digit seed problems appear this many times (keeps their share)
-  carry_fact_digits: int = 0  # base model: + split problems of 2..this many digits showing every x+y+carry (0: none)
-  seed_steps: int = 500  # base model: training steps on the seed examples (unused with model.hf_path)
-  seed: int = 0  # every rng of the loop derives from (seed, iteration, phase)
+  kind: str = "sft"
 
   def __post_init__(self):
-    for key in ("iterations", "base_steps", "max_new_tokens", "generate_batch_size"):
-      _require(getattr(self, key) > 0, f"star.{key}", getattr(self, key), "must be > 0")
-    for key in ("num_shots", "seed_steps"):
-      _require(getattr(self, key) >= 0, f"star.{key}", getattr(self, key), "must be >= 0")
-    _require(self.growth > 0, "star.growth", self.growth, "must be > 0")
-    _require(0 < self.fraction_of_D <= 1, "star.fraction_of_D", self.fraction_of_D, "must be in (0, 1]")
-    _require(self.temperature >= 0, "star.temperature", self.temperature, "must be >= 0")
-    _require(self.seed_per_digit >= 0, "star.seed_per_digit", self.seed_per_digit, "must be >= 0")
-    _require(self.one_digit_repeats >= 1, "star.one_digit_repeats", self.one_digit_repeats, "must be >= 1")
-    _require(self.carry_fact_digits == 0 or self.carry_fact_digits >= 2, "star.carry_fact_digits",
-             self.carry_fact_digits, "must be 0 (off) or >= 2")
+    default = field_defaults(type(self))["kind"]
+    require(self.kind == default, "kind", self.kind, f"must be {default!r} for a {type(self).__name__}")
 
 
-@dataclasses.dataclass(frozen=True)
-class StarExperimentConfig(ExperimentConfig):
-  """An ExperimentConfig plus the `star` section; accepted wherever an ExperimentConfig is.
-
-  hf_path (the config's `model.hf_path`): a local Hugging Face model directory whose weights are the base
-  model M and whose tokenizer.json tokenizes; `model` then holds the checkpoint's architecture (read from
-  its config.json by `star_experiment_from_config`). "" = the character tokenizer and a base model trained
-  on arithmetic seed scratchpads (star.make_base_model).
-  """
-  star: StarConfig = dataclasses.field(default_factory=StarConfig)
-  hf_path: str = ""
-
-  def __post_init__(self):
-    arithmetic = self.data.task == "arithmetic"
-    if arithmetic:
-      _require(self.star.seed_per_digit <= self.data.rationales_per_digit, "star.seed_per_digit",
-               self.star.seed_per_digit,
-               f"must be <= config.data.rationales_per_digit={self.data.rationales_per_digit} "
-               "(seed scratchpads are taken from the rationales split, which is disjoint from D and the test sets)")
-      _require(self.star.num_shots == 0 and self.eval.num_shots == 0, "star.num_shots/eval.num_shots",
-               (self.star.num_shots, self.eval.num_shots),
-               "must be 0 for arithmetic (its base model is fine-tuned on seed scratchpads instead)")
-      _require(self.eval.split == "test", "eval.split", self.eval.split, "must be 'test' for arithmetic")
-    else:
-      _require(bool(self.hf_path), "model.hf_path", self.hf_path,
-               f"is required for the {self.data.task} task (the base model is a pretrained checkpoint)")
-      _require(f"{self.eval.split}_path" in TASK_PATHS[self.data.task], "eval.split", self.eval.split,
-               f"is not a split of the {self.data.task} task")
-      _require(not self.star.mix_seed, "star.mix_seed", self.star.mix_seed, "applies to arithmetic only")
-    _require(bool(self.hf_path) or self.star.seed_steps > 0, "star.seed_steps", self.star.seed_steps,
-             "must be > 0 to train the base model (or give model.hf_path)")
-
-
-def _require(ok: bool, key: str, value: Any, message: str) -> None:
+def require(ok: bool, key: str, value: Any, message: str) -> None:
+  """Raise `ValueError("config.<key> <message>, got <value>")` unless ok: every config check goes here."""
   if not ok:
     raise ValueError(f"config.{key} {message}, got {value!r}")
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
-  """Convert a ConfigDict leaf to the dataclass field's type, or raise naming the key."""
+  """Convert a ConfigDict leaf (or a section, for a dataclass annotation) to the field's type, or raise
+  naming the key."""
   origin = typing.get_origin(annotation)
+  if dataclasses.is_dataclass(annotation):
+    if isinstance(value, annotation):
+      return value
+    if not isinstance(value, Mapping):
+      raise ValueError(f"config.{key} must be a section (a dict of keys), got {value!r}")
+    return from_mapping(annotation, value, key)
   if annotation is bool:
     if not isinstance(value, bool):
       raise ValueError(f"config.{key} must be a bool, got {value!r}")
@@ -230,30 +185,34 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
   return value
 
 
-def dataclass_from_mapping(cls, mapping: Mapping[str, Any], prefix: str):
-  """Build dataclass `cls` from a (Config)dict; unknown keys and wrong types raise naming the key."""
+def from_mapping(cls, mapping: Mapping[str, Any], prefix: str = ""):
+  """THE ConfigDict -> dataclass converter: build `cls` from a (Config)dict, recursing into sections.
+
+  Fields whose type is a dataclass are sections (built the same way; a missing section takes its
+  defaults); unknown keys and wrong types raise naming the key (`config.train.lr must be a number`).
+  """
+  mapping = mapping.to_dict() if hasattr(mapping, "to_dict") else dict(mapping)
   fields = {f.name: f for f in dataclasses.fields(cls)}
+  hints = typing.get_type_hints(cls)
   unknown = sorted(set(mapping) - set(fields))
   if unknown:
-    raise ValueError(f"unknown config key(s) {', '.join(f'config.{prefix}.{k}' for k in unknown)}; "
-                     f"valid keys: {sorted(fields)}")
-  hints = typing.get_type_hints(cls)
-  kwargs = {name: _coerce(mapping[name], hints[name], f"{prefix}.{name}") for name in fields if name in mapping}
+    what = "section(s)/key(s)" if not prefix else "key(s)"
+    names = ", ".join(f"config.{prefix + '.' if prefix else ''}{k}" for k in unknown)
+    raise ValueError(f"unknown config {what} {names}; valid: {sorted(fields)}")
+  kwargs = {}
+  for name, f in fields.items():
+    key = f"{prefix}.{name}" if prefix else name
+    if name in mapping:
+      kwargs[name] = _coerce(mapping[name], hints[name], key)
+    elif dataclasses.is_dataclass(hints[name]) and f.default is dataclasses.MISSING and \
+        f.default_factory is dataclasses.MISSING:
+      kwargs[name] = from_mapping(hints[name], {}, key)
   return cls(**kwargs)
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "checkpoint": CheckpointConfig,
-             "eval": EvalConfig, "mesh": MeshConfig}
-
-
 def experiment_from_config(config: Mapping[str, Any]) -> ExperimentConfig:
-  """Validate a whole experiment ConfigDict (sections model/data/train/checkpoint/eval/mesh)."""
-  config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  unknown = sorted(set(config) - set(_SECTIONS))
-  if unknown:
-    raise ValueError(f"unknown config section(s) {unknown}; valid sections: {sorted(_SECTIONS)}")
-  return ExperimentConfig(**{name: dataclass_from_mapping(cls, config.get(name, {}), name)
-                             for name, cls in _SECTIONS.items()})
+  """Validate a supervised-job ConfigDict (sections model/data/train/checkpoint/eval/mesh, kind "sft")."""
+  return from_mapping(ExperimentConfig, config)
 
 
 _HF_MODEL_KEYS = ("dtype", "param_dtype")  # the model keys that may be set beside model.hf_path
@@ -265,7 +224,6 @@ def model_from_hf(mapping: Mapping[str, Any]) -> tuple[ModelConfig, str]:
   The architecture comes from `<hf_path>/config.json` (star_jax.models.hf.config_from_hf); dtype and
   param_dtype default to the checkpoint's torch_dtype. Any other key raises (it would be ignored).
   """
-  from star_jax.models import hf  # noqa: PLC0415 (pulls in jax and safetensors)
   mapping = dict(mapping)
   path = _coerce(mapping.pop("hf_path"), str, "model.hf_path")
   other = sorted(set(mapping) - set(_HF_MODEL_KEYS))
@@ -283,41 +241,46 @@ def model_from_hf(mapping: Mapping[str, Any]) -> tuple[ModelConfig, str]:
     raise ValueError(f"config.{e}") from None
 
 
-def star_experiment_from_config(config: Mapping[str, Any]) -> StarExperimentConfig:
-  """Validate a STaR experiment ConfigDict (the sections of `experiment_from_config` plus `star`).
-
-  A non-empty `model.hf_path` makes the model section the checkpoint's architecture (`model_from_hf`).
-  """
-  config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  sections = {**_SECTIONS, "star": StarConfig}
-  unknown = sorted(set(config) - set(sections))
-  if unknown:
-    raise ValueError(f"unknown config section(s) {unknown}; valid sections: {sorted(sections)}")
-  kwargs = {name: dataclass_from_mapping(cls, config.get(name, {}), name)
-            for name, cls in sections.items() if name != "model"}
-  model_section = config.get("model", {})
-  if model_section.get("hf_path"):
-    kwargs["model"], kwargs["hf_path"] = model_from_hf(model_section)
-  else:
-    kwargs["model"] = dataclass_from_mapping(ModelConfig, {k: v for k, v in model_section.items() if k != "hf_path"},
-                                             "model")
-  return StarExperimentConfig(**kwargs)
-
-
 def changed_fields(saved: Mapping[str, Any], cfg, sections: Sequence[str],
-                   ignored: frozenset | set = frozenset()) -> list[str]:
+                   ignored: frozenset | set = frozenset(), labels: Mapping[str, str] | None = None) -> list[str]:
   """`config.<section>.<key>: old -> new` for every field of `cfg`'s sections that differs from `saved`
   (a run's config as JSON); a field missing from `saved` (added since it was written) counts as its
-  default. `ignored` holds (section, key) pairs that may change between runs of one workdir."""
+  default. A name in `sections` may also be a plain top-level field (e.g. hf_path), reported as
+  `config.<labels[name]>`. `ignored` holds (section, key) pairs that may change between runs of one workdir."""
   current = json.loads(json.dumps(dataclasses.asdict(cfg)))
+  top_defaults = json.loads(json.dumps(field_defaults(type(cfg))))
+  labels = labels or {}
   differ = []
   for section in sections:
+    if not isinstance(current[section], dict):
+      old = saved.get(section, top_defaults.get(section))
+      if old != current[section]:
+        differ.append(f"config.{labels.get(section, section)}: {old!r} -> {current[section]!r}")
+      continue
     defaults = json.loads(json.dumps(field_defaults(type(getattr(cfg, section)))))
     for key, value in current[section].items():
       old = saved.get(section, {}).get(key, defaults.get(key))
       if (section, key) not in ignored and old != value:
         differ.append(f"config.{section}.{key}: {old!r} -> {value!r}")
   return differ
+
+
+def check_resumable(path: str, cfg, sections: Sequence[str], *, ignored: frozenset | set = frozenset(),
+                    labels: Mapping[str, str] | None = None, what: str = "run") -> None:
+  """Refuse to resume a workdir made with a different config; the first run writes `path` (its config).
+
+  `path` is the JSON of the config the workdir was made with (`<workdir>/star_config.json`, ...); the
+  comparison is `changed_fields` over `sections`. A field added since that file was written counts as
+  unchanged while it keeps its default value.
+  """
+  if not os.path.exists(path):
+    if jax.process_index() == 0:
+      io.write_json(path, json.loads(json.dumps(dataclasses.asdict(cfg))))
+    return
+  differ = changed_fields(io.read_json(path), cfg, sections, ignored, labels)
+  if differ:
+    raise ValueError(f"{os.path.dirname(os.path.abspath(path))} holds a {what} with a different config; use a new "
+                     f"workdir. Differences: {'; '.join(differ)}")
 
 
 def field_defaults(cls) -> dict[str, Any]:

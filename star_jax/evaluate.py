@@ -10,8 +10,8 @@ from jax.sharding import Mesh
 
 from star_jax import sampling, sharding
 from star_jax.data import CharTokenizer, Problem, tasks
+from star_jax.data.tasks import cut_at_stop
 from star_jax.models import ModelConfig
-from star_jax.star_data import cut_at_stop
 
 
 def generate_texts(model_config: ModelConfig, params, tokenizer: CharTokenizer, prompts: Sequence[str], *,
@@ -69,7 +69,7 @@ def task_accuracy(model_config: ModelConfig, params, tokenizer, task: tasks.Task
 
   Prompts are `task.few_shot_prompt(x, exemplars)`; generations stop at EOS, at `stop_sequences`
   (token ids) or after `cap(group)` tokens (default: max_new_tokens) and are cut at the task's stop
-  strings before judging (star_data.cut_at_stop), so the sampler's stop is only a speed-up.
+  strings before judging (tasks.cut_at_stop), so the sampler's stop is only a speed-up.
   """
   cfg = sampling.SamplingConfig(max_new_tokens=max_new_tokens, stop_sequences=stop_sequences)
   results: dict[str, float] = {}
@@ -85,3 +85,10 @@ def task_accuracy(model_config: ModelConfig, params, tokenizer, task: tasks.Task
     count_total += len(examples)
   results["acc_overall"] = correct_total / max(count_total, 1)
   return results
+
+
+def pooled_accuracy(accuracy: Mapping[str, float], sizes: Mapping[int, int],
+                    group_name: Callable[[int], str] = lambda n: f"{n}digit") -> float:
+  """The accuracy over several groups together: Σ_g acc_g · n_g / Σ_g n_g (n_g = `sizes[g]` questions);
+  e.g. "acc_train_lengths", arithmetic's accuracy over the digit lengths it trains on."""
+  return sum(accuracy[f"acc_{group_name(g)}"] * n for g, n in sizes.items()) / sum(sizes.values())

@@ -1,64 +1,98 @@
-"""Entry point: `python -m star_jax.main --config=experiments/configs/arithmetic.py --workdir=runs/x`.
+"""Entry point: `python -m star_jax.main --config=experiments/configs/star_arithmetic.py:demo --workdir=runs/x`.
 
-Overrides: `--config.train.lr=3e-4`, `--config.mesh.axes='(("data",-1),("fsdp",2),("tensor",1))'`.
-Multi-host: pass --coordinator_address/--num_processes/--process_id (or nothing on TPU pods, where
-jax.distributed discovers them) and run the same command on every host.
+The config's `kind` picks the job (`KINDS`): "sft" (supervised fine-tuning, star_jax/sft.py), "star" (the
+STaR loop, star_jax/star/) or "pg" (policy-gradient STaR, star_jax/pg/). Overrides: `--config.train.lr=3e-4`,
+`--config.mesh.axes='(("data",-1),("fsdp",2),("tensor",1))'`. Multi-host: pass --coordinator_address/
+--num_processes/--process_id (or nothing on TPU pods, where jax.distributed discovers them) and run the same
+command on every host.
+
+This is the one top-level module that imports the algorithm subpackages: it dispatches to them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from star_jax import config as config_lib
-from star_jax import host_malloc
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiments/configs/*.py file[:arg].",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for data, checkpoints, logs and the report.")
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize before anything else.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
-flags.mark_flags_as_required(["config", "workdir"])
+from star_jax import host_malloc, io, pg, sft, sharding, star
 
 
-def main(argv):
-  del argv
+@dataclasses.dataclass(frozen=True)
+class Kind:
+  """An experiment kind: how its ConfigDict is validated and how it runs in a workdir."""
+  from_config: Callable[[Mapping[str, Any]], Any]  # ConfigDict -> typed, validated config
+  run: Callable[[Any, str], str]  # (cfg, workdir) -> the line(s) saying where the report is
+
+
+def _run_sft(cfg, workdir: str) -> str:
+  accuracy = sft.run(cfg, workdir)
+  return (f"held-out greedy accuracy per digit length:\n{sft.accuracy_table(accuracy, cfg.data.max_train_digits)}"
+          f"\n\nreport: {os.path.join(workdir, 'report.md')}\nplot:   {os.path.join(workdir, 'accuracy_by_digits.png')}")
+
+
+def _run_star(cfg, workdir: str) -> str:
+  star.run(cfg, workdir, star.base_params(cfg, workdir))
+  return f"report: {os.path.join(workdir, 'star_report.md')}\nplot:   {os.path.join(workdir, 'star_accuracy.png')}"
+
+
+def _run_pg(cfg, workdir: str) -> str:
+  pg.run(cfg, workdir, star.make_base_model(cfg, cfg.rl.base_workdir or workdir))
+  return f"report: {os.path.join(workdir, 'rl_report.md')}"
+
+
+KINDS: dict[str, Kind] = {
+    "sft": Kind(config_lib.experiment_from_config, _run_sft),
+    "star": Kind(star.star_experiment_from_config, _run_star),
+    "pg": Kind(pg.rl_experiment_from_config, _run_pg),
+}
+
+
+def experiment_kind(config: Mapping[str, Any]) -> str:
+  """The config's `kind`, checked against KINDS (a config file must set it)."""
+  kind = config.get("kind")
+  if kind not in KINDS:
+    raise ValueError(f"config.kind must be one of {sorted(KINDS)} (the job to run), got {kind!r}")
+  return kind
+
+
+def experiment_from_config(config: Mapping[str, Any]):
+  """The typed, validated config of any kind of experiment."""
+  return KINDS[experiment_kind(config)].from_config(config)
+
+
+def define_flags() -> None:
+  config_flags.DEFINE_config_file("config", None, "Path to an experiments/configs/*.py file[:variant].",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for data, checkpoints, logs and the report.")
+  flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize before anything else.")
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
+  flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+  flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
   host_malloc.reuse_freed_memory()  # before any JAX computation; STAR_JAX_SYSTEM_MALLOC=1 opts out
-  if not flags.FLAGS["verbosity"].present:
+  if not f["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax/TFDS are chatty at INFO; --verbosity=0 restores it
-  from star_jax import finetune, sharding  # noqa: PLC0415 (after flags; jax.distributed must come first)
-  if _MULTIHOST.value or _COORDINATOR.value:
-    sharding.initialize_multihost(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  is_rl = "rl" in _CONFIG.value  # policy-gradient STaR: the STaR base model, then the online RL loop
-  is_star = "star" in _CONFIG.value and not is_rl  # a STaR experiment: base model, then the outer loop
-  if is_rl:
-    from star_jax import rl_config  # noqa: PLC0415
-    cfg = rl_config.rl_experiment_from_config(_CONFIG.value)
-  else:
-    cfg = (config_lib.star_experiment_from_config if is_star else config_lib.experiment_from_config)(_CONFIG.value)
-  workdir = os.path.abspath(_WORKDIR.value)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-    f.write(_CONFIG.value.to_json_best_effort(indent=2))
-  if is_rl:
-    from star_jax import rl, star  # noqa: PLC0415
-    rl.run(cfg, workdir, star.make_base_model(cfg, cfg.rl.base_workdir or workdir))
-    print(f"\nreport: {os.path.join(workdir, 'rl_report.md')}")
-    return
-  if is_star:
-    from star_jax import star  # noqa: PLC0415
-    star.run(cfg, workdir, star.base_params(cfg, workdir))
-    print(f"\nreport: {os.path.join(workdir, 'star_report.md')}\nplot:   {os.path.join(workdir, 'star_accuracy.png')}")
-    return
-  accuracy = finetune.run(cfg, workdir)
-  from star_jax import report  # noqa: PLC0415
-  print("\nheld-out greedy accuracy per digit length:\n" + report.accuracy_table(accuracy, cfg.data.max_train_digits))
-  print(f"\nreport: {os.path.join(workdir, 'report.md')}\nplot:   {os.path.join(workdir, 'accuracy_by_digits.png')}")
+  if f.multihost or f.coordinator_address:  # before any computation: jax.distributed must come first
+    sharding.initialize_multihost(f.coordinator_address, f.num_processes, f.process_id)
+  kind = KINDS[experiment_kind(f.config)]
+  cfg = kind.from_config(f.config)
+  workdir = os.path.abspath(f.workdir)
+  io.write_text(os.path.join(workdir, "config.json"), f.config.to_json_best_effort(indent=2))
+  print("\n" + kind.run(cfg, workdir))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

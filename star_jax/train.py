@@ -1,4 +1,4 @@
-"""Train state, the jitted train step, and the inner training loop.
+"""Train state, the jitted train step, the inner training loop, and `fine_tune` (used by every loop).
 
 The step is a module-level pure function `(state, batch, rng) -> (state, metrics)`; `compile_train_step`
 jits it once with explicit in/out shardings and the state donated. The loop fetches metrics to the host
@@ -9,7 +9,9 @@ killed run resumes exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,10 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh
+from absl import logging
 from tqdm.auto import tqdm
 
-from star_jax import losses, models, sharding
-from star_jax.config import CheckpointConfig, TrainConfig
+from star_jax import checkpoint, io, losses, models, sharding
+from star_jax.config import CheckpointConfig, ExperimentConfig, TrainConfig
+from star_jax.data import CharTokenizer, make_train_dataset
 from star_jax.models import ModelConfig
 
 Batch = dict[str, jax.Array]
@@ -211,3 +215,86 @@ def train_loop(state: TrainState, step_fn: Callable, batches: Iterator[dict[str,
     if pending is not None:
       finish(*pending)
   return state
+
+
+# ---- fine-tuning as a resumable phase (the base model, every STaR iteration, the PRM study's policy) ----
+
+def tokenizer_and_mesh(cfg: ExperimentConfig, tokenizer=None):
+  """The tokenizer (default: the character tokenizer) and the device mesh, after checking the config fits both.
+
+  The character tokenizer's vocabulary must equal model.vocab_size; another tokenizer's (e.g. a Hugging
+  Face checkpoint's, whose embedding table is often padded) must fit in it.
+  """
+  if tokenizer is None:
+    tokenizer = CharTokenizer()
+    if cfg.model.vocab_size != tokenizer.vocab_size:
+      raise ValueError(f"config.model.vocab_size must equal the tokenizer's {tokenizer.vocab_size}, "
+                       f"got {cfg.model.vocab_size}")
+  elif tokenizer.vocab_size > cfg.model.vocab_size:
+    raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's vocab_size "
+                     f"{cfg.model.vocab_size}")
+  mesh = sharding.make_mesh(cfg.mesh.axes)
+  if cfg.train.batch_size % (sharding.batch_divisor(mesh) * jax.process_count()):
+    raise ValueError(f"config.train.batch_size={cfg.train.batch_size} must be a multiple of the mesh's "
+                     f"data x fsdp size {sharding.batch_divisor(mesh)} and the process count {jax.process_count()}")
+  logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count())
+  return tokenizer, mesh
+
+
+@functools.lru_cache(maxsize=8)
+def _optimizer_and_step(model_config: ModelConfig, train_config: TrainConfig, mesh: Mesh):
+  """(tx, jitted train step) per (model, train config, mesh): the loops re-train with the same few step
+  counts (and a resumed or repeated run in one process with all of them), so each compiles once."""
+  tx = make_optimizer(train_config)
+  return tx, compile_train_step(model_config, train_config, mesh, tx)
+
+
+def fine_tune(model_config: ModelConfig, train_config: TrainConfig, checkpoint_config: CheckpointConfig, mesh: Mesh,
+              tokenizer, examples: list[dict], init_params, num_steps: int, directory: str, *, pack: bool,
+              data_seed: int, init_seed: int, writer=None, description: str = "train"):
+  """Train `init_params` (None: random init from init_seed) on `examples` ({"prompt", "target"}) for
+  num_steps; returns (params, info).
+
+  Checkpoints go to `directory/checkpoints` (a re-run resumes mid-training); `directory/train.json` is
+  written last and marks the phase done. The lr schedule spans num_steps (train_config with steps
+  replaced). Without examples nothing is trained: init_params are saved as step 0.
+  """
+  t0 = time.perf_counter()
+  train_config = dataclasses.replace(train_config, steps=max(num_steps, 1))
+  tx, step_fn = _optimizer_and_step(model_config, train_config, mesh)
+  abstract_state, _ = state_shardings(model_config, tx, mesh)
+  last = {}
+  with checkpoint.Checkpointer(os.path.join(directory, "checkpoints"), keep=checkpoint_config.keep) as ckpt:
+    if not examples:
+      num_steps = 0
+      state = create_train_state(model_config, tx, mesh, init_seed, params=init_params)
+      if ckpt.latest_step() is None:  # (a run killed after this save finds it on the re-run)
+        ckpt.save(0, state)
+    else:
+      batches = iter(make_train_dataset(examples, tokenizer, batch_size=train_config.batch_size // jax.process_count(),
+                                        seq_len=train_config.seq_len, seed=data_seed, pack=pack))
+      if ckpt.latest_step() is not None:
+        state, data_state = ckpt.restore(abstract_state)
+        batches.set_state(data_state)
+        logging.info("%s: resumed from step %d", description, int(state.step))
+      else:
+        state = create_train_state(model_config, tx, mesh, init_seed, params=init_params)
+      state = train_loop(state, step_fn, batches, mesh, num_steps=num_steps, checkpointer=ckpt,
+                         checkpoint_config=checkpoint_config, writer=writer, log_every=train_config.log_every,
+                         description=description, on_log=lambda step, m: last.update(m))
+  info = {"steps": num_steps, "examples": len(examples), "final_loss": last.get("loss"),
+          "seconds": time.perf_counter() - t0}
+  io.write_json(os.path.join(directory, "train.json"), info)
+  return state.params, info
+
+
+def restore_params(model_config: ModelConfig, train_config: TrainConfig, mesh: Mesh, directory: str, *, keep: int):
+  """The parameters a finished `fine_tune` phase in `directory` ended with (checked against train.json)."""
+  info = io.read_json(os.path.join(directory, "train.json"))
+  abstract_state = state_shardings(model_config, make_optimizer(train_config), mesh)[0]
+  with checkpoint.Checkpointer(os.path.join(directory, "checkpoints"), keep=keep) as ckpt:
+    if ckpt.latest_step() != info["steps"]:
+      raise RuntimeError(f"{directory}: train.json says {info['steps']} steps, "
+                         f"the latest checkpoint is {ckpt.latest_step()}")
+    state, _ = ckpt.restore(abstract_state)
+  return state.params

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_train import MODEL, TRAIN, make_batch  # noqa: E402
+from tests.test_train import MODEL, TRAIN, make_batch  # noqa: E402
 
 from star_jax import checkpoint, sharding, train  # noqa: E402
 

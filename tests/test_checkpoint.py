@@ -13,10 +13,9 @@ import numpy as np
 from star_jax import checkpoint, sharding, train
 from star_jax.config import experiment_from_config
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments", "configs"))
-import arithmetic as arithmetic_config  # noqa: E402
+from experiments.configs import arithmetic as arithmetic_config
 
-from test_train import MESHES, MODEL, TRAIN, run_steps  # noqa: E402
+from tests.test_train import MESHES, MODEL, TRAIN, run_steps  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs", "arithmetic.py")
 TINY_OVERRIDES = ["--config.train.steps=16", "--config.checkpoint.every_steps=4", "--config.checkpoint.keep=10"]

@@ -11,7 +11,7 @@ import portpicker
 
 from star_jax import train
 
-from test_train import MESHES, run_steps
+from tests.test_train import MESHES, run_steps
 
 WORKER = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
 

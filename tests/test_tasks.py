@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from star_jax import star_data
+from star_jax.star import data as star_data
 from star_jax.data import arithmetic, verifiers
 from star_jax.data.arithmetic import Problem
 from star_jax.data.arithmetic_tfds import build_arithmetic

@@ -10,6 +10,7 @@ import ml_collections
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  c.kind = "sft"  # the job star_jax.main runs: supervised fine-tuning (star_jax/sft.py)
 
   c.model = ml_collections.ConfigDict()  # star_arithmetic.py takes this section too (its base model)
   c.model.vocab_size = 100  # CharTokenizer: pad/bos/eos/unk, newline, printable ASCII

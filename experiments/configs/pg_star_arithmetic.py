@@ -1,13 +1,13 @@
-"""Policy-gradient STaR on n-digit addition: star_jax.rl.run from the STaR experiment's base model.
+"""Policy-gradient STaR on n-digit addition: star_jax.pg.run from the STaR experiment's base model.
 
   get_config()        the comparison run: RLOO, no KL; the other variants are the SWEEPS below
   get_config("demo")  the comparison that experiments/pg_star_arithmetic/ reports: star_arithmetic.py's
                       demo (1-3 digits, its base model), 16 questions x 4 samples per step
-  get_config("tiny")  seconds; used by tests/test_rl.py
+  get_config("tiny")  seconds; used by tests/pg/test_loop.py
 
 Every section of experiments/configs/star_arithmetic.py (taken from that file, so the base model, data
 and evaluation are the STaR experiment's) plus `rl`, validated by
-star_jax.rl_config.rl_experiment_from_config. Point rl.base_workdir at a STaR run's workdir to start
+star_jax.pg.config.rl_experiment_from_config. Point rl.base_workdir at a STaR run's workdir to start
 from its very base model (`<workdir>/base/`); otherwise it is trained (identically) in this workdir.
 
   python -m star_jax.main --config=experiments/configs/pg_star_arithmetic.py --workdir=runs/pg_rloo \\
@@ -15,28 +15,20 @@ from its very base model (`<workdir>/base/`); otherwise it is trained (identical
 
 The SWEEPS below run with the sweep runner (one rl.run per member, one shared base model, sweep.md/csv/png):
 
-  python -m star_jax.sweep --config=experiments/configs/pg_star_arithmetic.py --sweep=comparison \\
+  python -m experiments.sweep --config=experiments/configs/pg_star_arithmetic.py --sweep=comparison \\
       --workdir=runs/sweeps/pg_comparison --config.rl.base_workdir=runs/star_arithmetic
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _star_config(arg: str) -> ml_collections.ConfigDict:
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "star_arithmetic.py")
-  spec = importlib.util.spec_from_file_location("star_arithmetic_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+from experiments.configs import star_arithmetic
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if arg not in ("", "demo", "tiny"):
     raise ValueError(f"unknown config variant {arg!r}; use '', 'demo' or 'tiny'")
-  c = _star_config(arg)
+  c = star_arithmetic.get_config(arg)
+  c.kind = "pg"  # the job star_jax.main runs: policy-gradient STaR (star_jax/pg/)
 
   c.rl = ml_collections.ConfigDict()
   c.rl.steps = 300  # policy updates (each: sample G x K responses, score, update)
@@ -50,10 +42,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.rl.ppo_epochs = 1  # passes over each batch of samples (1: on-policy REINFORCE)
   c.rl.minibatches = 1  # optimizer steps per pass
   c.rl.clip_eps = 0.0  # PPO ratio clip (0: off); needed once ppo_epochs x minibatches > 1
-  c.rl.process_reward = 0.0  # w > 0: + w x (scratchpad steps right before the first error) / (steps), rl.step_rewarded
-  c.rl.process_reward_model = ""  # a trained PRM's directory (prm_experiment's prm/): its step scores replace the exact ones
+  c.rl.process_reward = 0.0  # w > 0: + w x (scratchpad steps right before the first error) / (steps), pg.loop.step_rewarded
+  c.rl.process_reward_model = ""  # a trained PRM's directory (experiments/prm_arithmetic/study.py's prm/): its step scores replace the exact ones
   c.rl.kl_coef = 0.0  # β of the KL to the base model (0: no reference forward)
-  c.rl.kl_estimator = "k3"  # k1 | k2 | k3 (see star_jax/kl.py)
+  c.rl.kl_estimator = "k3"  # k1 | k2 | k3 (see star_jax/pg/kl.py)
   c.rl.kl_mode = "loss"  # "loss" (per-token penalty) | "reward" (R − β Σ_t k: exact ∇(J − β KL) with k1)
   c.rl.kl_target = 0.0  # > 0: adapt β toward this per-sequence KL (nats)
   c.rl.kl_horizon = 10_000  # adaptive β: samples for a ~20% change

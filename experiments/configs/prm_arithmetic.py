@@ -1,12 +1,12 @@
-"""Process vs outcome reward models for best-of-N on held-out arithmetic (star_jax/prm_experiment.py).
+"""Process vs outcome reward models for best-of-N on held-out arithmetic (experiments/prm_arithmetic/study.py).
 
   get_config()        the committed study (experiments/prm_arithmetic/): ~30 min on a shared 2-core CPU
-  get_config("tiny")  seconds of compute; used by the end-to-end test (tests/test_prm.py, marked slow)
+  get_config("tiny")  seconds of compute; used by the end-to-end test (tests/prm/test_study.py, marked slow)
 
-  python -m star_jax.prm_experiment --config=experiments/configs/prm_arithmetic.py \
+  python -m experiments.prm_arithmetic.study --config=experiments/configs/prm_arithmetic.py \
       --workdir=runs/prm_arithmetic --results_dir=experiments/prm_arithmetic
 
-Validated by star_jax.prm_experiment.study_from_config (unknown keys are errors).
+Validated by experiments.prm_arithmetic.study.study_from_config (unknown keys are errors).
 """
 
 import ml_collections

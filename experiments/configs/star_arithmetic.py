@@ -1,4 +1,4 @@
-"""STaR (Zelikman et al. 2022, arXiv 2203.14465) on n-digit addition: star_jax.star.make_base_model + run.
+"""STaR (Zelikman et al. 2022, arXiv 2203.14465) on n-digit addition: star_jax.star.make_base_model + star_jax.star.run.
 
   get_config()        the arithmetic experiment (experiments/star_arithmetic/, run "full5"): 3 layers,
                       d_model 64, |D| = 40,081 questions of 1-5 digits (5% drawn per iteration), 8 iterations
@@ -12,31 +12,22 @@ x + y + carry (star.carry_fact_digits), all drawn from the rationales split (dis
 each with the plain and the hinted prompt. |P| is 528 problems, 1.3% of |D|, here (the paper's bound: 5%);
 the demo's is 210, 1.0% of its |D|.
 
-Validated by star_jax.config.star_experiment_from_config (sections model/data/train/checkpoint/eval/mesh
+Validated by star_jax.star.config.star_experiment_from_config (sections model/data/train/checkpoint/eval/mesh
 as in arithmetic.py, plus `star`). `train` is used twice: for the base model (star.seed_steps steps) and
 for every iteration's fine-tuning (its steps replaced by ceil(star.base_steps * star.growth^(n-1))).
-SWEEPS below are named lists of override sets for `python -m star_jax.sweep`.
+SWEEPS below are named lists of override sets for `python -m experiments.sweep`.
 """
-
-import importlib.util
-import os
 
 import ml_collections
 
-
-def _arithmetic_config() -> ml_collections.ConfigDict:
-  """experiments/configs/arithmetic.py's default config (loaded by path: config files are not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "arithmetic.py")
-  spec = importlib.util.spec_from_file_location("arithmetic_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from experiments.configs import arithmetic
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  c.kind = "star"  # the job star_jax.main runs: the STaR loop
 
-  c.model = _arithmetic_config().model  # the SFT job's model section (see arithmetic.py), made smaller:
+  c.model = arithmetic.get_config().model  # the SFT job's model section (see arithmetic.py), made smaller:
   c.model.d_model, c.model.n_layers = 64, 3  # 3.5x faster steps than 128 x 4; learns 1-3 digit addition
 
   c.data = ml_collections.ConfigDict()

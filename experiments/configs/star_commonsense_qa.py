@@ -20,28 +20,17 @@ which is appended from answerKey); see star_jax/data/commonsense_qa.py. The offi
 answerKey; it may be given as data.test_path but is never evaluated.
 
 Only the data section and a few task-dependent sizes are set here; the model, train, checkpoint, eval,
-mesh and star sections and the "tiny" variant are experiments/configs/_pretrained_star.py's (shared with
+mesh and star sections and the "tiny" variant are experiments/configs/common.py's (shared with
 star_gsm8k.py).
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _pretrained_star():
-  """experiments/configs/_pretrained_star.py, loaded by path (config files are not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_pretrained_star.py")
-  spec = importlib.util.spec_from_file_location("_pretrained_star", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from experiments.configs import common
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  shared = _pretrained_star()  # the model, train, checkpoint, eval, mesh and star sections, and "tiny"
-  c = shared.new_config()
+  c = common.new_config()  # the model section of a pretrained checkpoint; common.add_star_sections adds the rest
 
   c.data.task = "commonsense_qa"  # star_jax.data.tasks.get_task: prompts, '(CORRECT)' hint, answer extraction
   c.data.data_dir = ""  # TFDS data dir for the built dataset; "" = <workdir>/data
@@ -51,7 +40,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.few_shot_path = ""  # REQUIRED when star.num_shots > 0: exemplars with a "rationale" on every line
   c.data.pack = True  # pack several examples per row (per-example attention masks) instead of padding
 
-  return shared.add_star_sections(
+  return common.add_star_sections(
       c, arg,
       seq_len=512,  # tokens per row (a question, five choices and a one-line rationale: ~100-150 tokens)
       eval_split="validation",  # held-out split (the paper reports the dev set; test has no answers)

@@ -18,28 +18,17 @@ GSM8K JSONL ({"question", "answer"}, the final answer after '####'), built into 
 star_jax.data.gsm8k.build_gsm8k; texts, hint and answer extraction are star_jax.data.gsm8k.Gsm8kTask.
 
 Only the data section and a few task-dependent sizes are set here; the model, train, checkpoint, eval,
-mesh and star sections and the "tiny" variant are experiments/configs/_pretrained_star.py's (shared with
+mesh and star sections and the "tiny" variant are experiments/configs/common.py's (shared with
 star_commonsense_qa.py).
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _pretrained_star():
-  """experiments/configs/_pretrained_star.py, loaded by path (config files are not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_pretrained_star.py")
-  spec = importlib.util.spec_from_file_location("_pretrained_star", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from experiments.configs import common
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  shared = _pretrained_star()  # the model, train, checkpoint, eval, mesh and star sections, and "tiny"
-  c = shared.new_config()
+  c = common.new_config()  # the model section of a pretrained checkpoint; common.add_star_sections adds the rest
 
   c.data.task = "gsm8k"  # star_jax.data.tasks.get_task: prompts, hints, answer extraction
   c.data.data_dir = ""  # TFDS data dir for the built dataset; "" = <workdir>/data
@@ -47,7 +36,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.test_path = ""  # GSM8K test.jsonl: held-out accuracy each iteration ("" = no evaluation)
   c.data.pack = True  # pack several examples per row (per-example attention masks) instead of padding
 
-  return shared.add_star_sections(
+  return common.add_star_sections(
       c, arg,
       seq_len=1024,  # tokens per row (a GSM8K question + rationale is ~150-400 tokens; rows are packed)
       eval_split="test",  # held-out split (greedy accuracy of M_n each iteration)

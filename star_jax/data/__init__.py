@@ -33,13 +33,14 @@ from star_jax.data.verifiers import (
 
 if TYPE_CHECKING:
     from star_jax.data.hf_tokenizer import HFTokenizer
-    from star_jax.data.arithmetic_tfds import Arithmetic, ArithmeticBuilderConfig, build_arithmetic
+    from star_jax.data.arithmetic_tfds import Arithmetic, ArithmeticBuilderConfig, build_arithmetic, build_arithmetic_for
     from star_jax.data.pipeline import encode_example, make_eval_problems, make_train_dataset
 
 _LAZY = {
     "Arithmetic": "star_jax.data.arithmetic_tfds",
     "ArithmeticBuilderConfig": "star_jax.data.arithmetic_tfds",
     "build_arithmetic": "star_jax.data.arithmetic_tfds",
+    "build_arithmetic_for": "star_jax.data.arithmetic_tfds",
     "encode_example": "star_jax.data.pipeline",
     "make_eval_problems": "star_jax.data.pipeline",
     "make_train_dataset": "star_jax.data.pipeline",

@@ -141,3 +141,12 @@ def build_arithmetic(
     if config is None:
         config = ArithmeticBuilderConfig(**config_kwargs)
     return prepare(Arithmetic(data_dir=os.fspath(data_dir), config=config))
+
+
+def build_arithmetic_for(data_config, workdir: str) -> Arithmetic:
+  """`build_arithmetic` with the fields of a star_jax.config.DataConfig (data under data_dir, "" meaning
+  <workdir>/data): the dataset of the supervised job, the STaR loop and the policy-gradient loop."""
+  d = data_config
+  return build_arithmetic(d.data_dir or os.path.join(workdir, "data"), max_train_digits=d.max_train_digits,
+                          max_test_digits=d.max_test_digits, rationales_per_digit=d.rationales_per_digit,
+                          questions_per_digit=d.questions_per_digit, test_per_digit=d.test_per_digit, seed=d.seed)

@@ -125,6 +125,17 @@ class Task(abc.ABC):
     return [self.from_features(source[i]) for i in range(len(source))]
 
 
+def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
+  """`text` up to and including the earliest of `stop_strings` (unchanged if none occurs).
+
+  The sampler may stop at a stop string's tokens, or may not (another tokenization of it, or none given):
+  cutting the text here makes the result the same either way, since nothing before the stop depends on
+  what comes after it.
+  """
+  ends = [i + len(s) for s in stop_strings if (i := text.find(s)) >= 0]
+  return text[:min(ends)] if ends else text
+
+
 def require_answer(example: Example) -> str:
   if example.answer is None:
     raise ValueError(f"example {example.id or example.question[:60]!r} has no gold answer (an unlabeled split); "

@@ -1,0 +1,96 @@
+"""Files that are either complete or absent, JSON lines, and the loops' reproducible rng keys.
+
+Every write goes to a temporary file next to its destination and is renamed over it (`os.replace`, atomic
+on POSIX), so a run killed mid-write leaves the previous file or none, never half of one: the loops'
+"skip a phase whose output exists" resumption relies on it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+
+def _tmp(path: str) -> str:
+  return f"{path}.tmp.{jax.process_index()}.{os.getpid()}"
+
+
+def _make_parent(path: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+
+def write_text(path: str, text: str) -> None:
+  """Write a text file (markdown, CSV) atomically."""
+  _make_parent(path)
+  with open(_tmp(path), "w", encoding="utf-8", newline="") as f:
+    f.write(text)
+  os.replace(_tmp(path), path)
+
+
+def write_json(path: str, obj) -> None:
+  """Write JSON atomically (indent 1)."""
+  write_text(path, json.dumps(obj, indent=1))
+
+
+def write_jsonl(path: str, records: Iterable[Mapping]) -> None:
+  """Write JSON lines atomically."""
+  write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def write_csv(path: str, rows: Sequence[Mapping]) -> None:
+  """`rows` as CSV atomically, the columns in order of first appearance (rows may have fewer)."""
+  columns = list(dict.fromkeys(k for r in rows for k in r))
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+  writer.writeheader()
+  writer.writerows(rows)
+  write_text(path, buffer.getvalue())
+
+
+def save_figure(fig, path: str, dpi: int = 120) -> None:
+  """Save a matplotlib figure atomically as PNG (the temporary name keeps the .png suffix matplotlib reads)."""
+  _make_parent(path)
+  tmp = _tmp(path) + ".png"
+  fig.savefig(tmp, dpi=dpi)
+  os.replace(tmp, path)
+
+
+def read_json(path: str):
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """The records of a JSON-lines file; a malformed line raises naming the file and line."""
+  with open(path, encoding="utf-8") as f:
+    out = []
+    for number, line in enumerate(f, 1):
+      if line.strip():
+        try:
+          out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
+    return out
+
+
+def read_jsonl_if_exists(path: str) -> list[dict]:
+  """`read_jsonl(path)`, or [] when the file does not exist yet."""
+  return read_jsonl(path) if os.path.exists(path) else []
+
+
+# ---- reproducible randomness: every rng of a loop derives from (seed, iteration or step, phase) ----
+
+def phase_key(seed: int, iteration: int, phase: int) -> jax.Array:
+  """The jax PRNG key of (seed, iteration, phase)."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), iteration), phase)
+
+
+def phase_seed(seed: int, iteration: int, phase: int) -> int:
+  """An int seed (grain shuffling, state init) of (seed, iteration, phase)."""
+  return int(np.random.default_rng([seed, iteration, phase]).integers(2**31 - 1))

@@ -1,0 +1,288 @@
+"""Process supervision: step segmentation, label placement, automatic step labels, solution scores, best-of-N.
+
+Lightman et al. 2023 ("Let's Verify Step by Step", arXiv 2305.20050) train a process reward model (PRM) to
+rate every reasoning step and score a solution by aggregating the step ratings; Wang et al. 2023
+(Math-Shepherd, arXiv 2312.08935) label steps automatically by Monte-Carlo rollouts from each step prefix.
+
+* Steps are the non-empty pieces of a solution between delimiters (newline for arithmetic scratchpad lines
+  and PRM800K steps). A step's label sits at its *end token*: the token holding the delimiter that closes
+  it (the step's last token when unterminated). Nothing else is labelled (`encode_labelled_text`).
+* Labels: exact ones for arithmetic from the scratchpad verifier (a step is good iff it and every step
+  before it are correct), Monte-Carlo ones for any task with a final-answer verifier (`rollout_outcomes`).
+* Scores: the registry `AGGREGATIONS` ("product", "min", "last") turns step probabilities into a solution
+  score; `best_of_n_accuracy`, `majority_vote_accuracy` and `pass_at_n` measure reranking.
+* Dense rewards for policy gradients live in star_jax/prm/reward.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from star_jax.data import verifiers
+from star_jax.data.arithmetic import Problem
+
+
+# ---- segmentation and label placement ----
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+  text: str  # the step without its delimiter
+  start: int  # offset of its first character in the solution text
+  end: int  # offset of the delimiter that closes it, or len(solution) when unterminated
+
+
+def split_steps(text: str, delimiter: str = "\n", start_after: str | None = None) -> list[Step]:
+  """The non-empty (after strip) pieces of `text` between delimiters, with their offsets.
+
+  With `start_after` (e.g. "<scratch>"), only what follows its first occurrence counts, and no tag means
+  no steps: for arithmetic this is exactly the steps of `verifiers.check_steps` (same `end` offsets as
+  `verifiers.step_end_offsets`).
+  """
+  if not delimiter:
+    raise ValueError("split_steps: the delimiter must be a non-empty string")
+  pos = 0
+  if start_after is not None:
+    found = text.find(start_after)
+    if found < 0:
+      return []
+    pos = found + len(start_after)
+  steps = []
+  while pos <= len(text):
+    end = text.find(delimiter, pos)
+    end = len(text) if end < 0 else end
+    if text[pos:end].strip():
+      steps.append(Step(text[pos:end], pos, end))
+    pos = end + len(delimiter)
+  return steps
+
+
+def encode_labelled_text(tokenizer, prompt: str, text: str, step_ends: Sequence[int],
+                         step_targets: Sequence[float | None], *, outcome: float | None = None,
+                         orm_all_tokens: bool = True) -> dict[str, np.ndarray]:
+  """[BOS] + prompt + text as model inputs, with step labels placed only at step-end tokens.
+
+  The text is cut after every step end (after the delimiter character at offset `end`, or at the end of
+  the text) and each piece is tokenized on its own, so the piece's last token is the step's end token
+  for any tokenizer (for the character tokenizer this equals tokenizing the whole text at once).
+  step_targets[k] is the label of step k (binary / soft in [0, 1], or a class id for rating heads), None
+  for an unlabelled step. With `outcome` (1(ŷ = y)), the ORM targets cover every text token
+  (orm_all_tokens) or only the last one.
+
+  Returns int32 inputs/targets [L] (next tokens, the last one EOS), float32 loss_mask (the text's tokens
+  and EOS, as data.pipeline.encode_example), step_mask/step_targets, orm_mask/orm_targets.
+  """
+  if len(step_ends) != len(step_targets):
+    raise ValueError(f"encode_labelled_text: {len(step_ends)} step ends but {len(step_targets)} step targets")
+  if any(b <= a for a, b in zip(step_ends, step_ends[1:])) or any(not 0 <= e <= len(text) for e in step_ends):
+    raise ValueError(f"encode_labelled_text: step ends must increase within [0, {len(text)}], got {list(step_ends)}")
+  prompt_ids = tokenizer.encode(prompt, add_bos=True)
+  ids, label_at = list(prompt_ids), {}
+  start = 0
+  for k, end in enumerate(step_ends):
+    stop = min(end + 1, len(text))
+    piece = tokenizer.encode(text[start:stop])
+    if not piece:
+      raise ValueError(f"encode_labelled_text: step {k} (ending at offset {end}) encodes to no tokens")
+    ids += piece
+    if step_targets[k] is not None:
+      label_at[len(ids) - 1] = float(step_targets[k])
+    start = stop
+  ids += tokenizer.encode(text[start:])
+  n = len(ids)
+  inputs = np.asarray(ids, np.int32)
+  targets = np.asarray(ids[1:] + [tokenizer.eos_id], np.int32)
+  loss_mask = np.zeros(n, np.float32)
+  loss_mask[len(prompt_ids) - 1:] = 1.0
+  step_mask, step_targets_arr = np.zeros(n, np.float32), np.zeros(n, np.float32)
+  for position, value in label_at.items():
+    step_mask[position], step_targets_arr[position] = 1.0, value
+  orm_mask, orm_targets = np.zeros(n, np.float32), np.zeros(n, np.float32)
+  if outcome is not None and n > len(prompt_ids):
+    if orm_all_tokens:
+      orm_mask[len(prompt_ids):] = 1.0
+    else:
+      orm_mask[n - 1] = 1.0
+    orm_targets[:] = float(outcome) * orm_mask
+  return {"inputs": inputs, "targets": targets, "loss_mask": loss_mask, "step_mask": step_mask,
+          "step_targets": step_targets_arr, "orm_mask": orm_mask, "orm_targets": orm_targets}
+
+
+def encode_steps(tokenizer, prompt: str, steps: Sequence[str], step_targets: Sequence[float | None], *,
+                 delimiter: str = "\n", outcome: float | None = None,
+                 orm_all_tokens: bool = True) -> dict[str, np.ndarray]:
+  """A solution given as a list of steps (PRM800K): text = step_0 + delim + step_1 + delim + ...."""
+  text, ends = "", []
+  for step in steps:
+    text += step
+    ends.append(len(text))
+    text += delimiter
+  return encode_labelled_text(tokenizer, prompt, text, ends, step_targets, outcome=outcome,
+                              orm_all_tokens=orm_all_tokens)
+
+
+# ---- automatic labels ----
+
+def prefix_correct_labels(step_correct: Sequence[bool]) -> list[float]:
+  """Label of step k = 1 iff steps 0..k are all correct: a step after the first error is not good."""
+  out, ok = [], True
+  for correct in step_correct:
+    ok = ok and bool(correct)
+    out.append(1.0 if ok else 0.0)
+  return out
+
+
+def arithmetic_step_labels(problem: Problem, target: str) -> list[float]:
+  """Exact process labels of a generated scratchpad: `prefix_correct_labels` of `verifiers.check_steps`."""
+  return prefix_correct_labels([c.correct for c in verifiers.check_steps(problem, target)])
+
+
+def step_prefixes(text: str, steps: Sequence[Step]) -> list[str]:
+  """The solution up to and including each step's delimiter (what a rollout continues from)."""
+  return [text[:min(s.end + 1, len(text))] for s in steps]
+
+
+def rollout_outcomes(prompts: Sequence[str], prefixes: Sequence[Sequence[str]],
+                     verify: Sequence[Callable[[str], bool]], complete: Callable[[list[str], jax.Array], list[str]],
+                     n_rollouts: int, rng: jax.Array) -> list[np.ndarray]:
+  """Monte-Carlo step labels (Math-Shepherd, Wang et al. 2023, arXiv 2312.08935): outcomes of N rollouts.
+
+  For solution i with step prefixes x_{i,1..S}, sample N completions c ~ π(· | prompt_i + x_{i,k}) and
+  record 1[verify_i(x_{i,k} + c)]; returns one bool array [S_i, N] per solution. The hard label of step k
+  is max_j (any rollout reaches the right answer), the soft label the mean (`mc_labels`). `complete`
+  maps a list of prompts to one continuation each (e.g. evaluate.generate_texts at temperature > 0).
+  """
+  flat_prompts, owners = [], []
+  for i, (prompt, pre) in enumerate(zip(prompts, prefixes)):
+    for k, prefix in enumerate(pre):
+      for _ in range(n_rollouts):
+        flat_prompts.append(prompt + prefix)
+        owners.append((i, k, prefix))
+  completions = complete(flat_prompts, rng) if flat_prompts else []
+  out = [np.zeros((len(pre), n_rollouts), bool) for pre in prefixes]
+  counters: dict[tuple[int, int], int] = {}
+  for (i, k, prefix), completion in zip(owners, completions):
+    j = counters.get((i, k), 0)
+    counters[(i, k)] = j + 1
+    out[i][k, j] = bool(verify[i](prefix + completion))
+  return out
+
+
+def mc_labels(outcomes_SxN: np.ndarray, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(hard, soft) labels per step from the first n rollouts: hard = any success, soft = success rate."""
+  used = outcomes_SxN[:, :n] if n is not None else outcomes_SxN
+  if used.shape[1] == 0:
+    raise ValueError("mc_labels needs at least one rollout")
+  return used.any(axis=1).astype(np.float32), used.mean(axis=1).astype(np.float32)
+
+
+# ---- aggregation registry: step probabilities -> solution score ----
+
+def _product(p_BxS, m_BxS):
+  """Π_k p_k: the probability that every step is good (Lightman et al. 2023, Sec. 3)."""
+  return jnp.exp(jnp.sum(jnp.where(m_BxS, jnp.log(jnp.maximum(p_BxS, 1e-30)), 0.0), axis=-1))
+
+
+def _minimum(p_BxS, m_BxS):
+  """min_k p_k: the weakest step (Math-Shepherd, Wang et al. 2023)."""
+  return jnp.min(jnp.where(m_BxS, p_BxS, 1.0), axis=-1)
+
+
+def _last(p_BxS, m_BxS):
+  """p of the last step."""
+  s = p_BxS.shape[-1]
+  last_B = jnp.max(jnp.where(m_BxS, jnp.arange(s)[None, :], -1), axis=-1)
+  return jnp.take_along_axis(p_BxS, jnp.maximum(last_B, 0)[:, None], axis=-1)[:, 0]
+
+
+AGGREGATIONS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "product": _product, "min": _minimum, "last": _last}
+
+
+def aggregate(name: str, step_probs_BxS, step_mask_BxS) -> jax.Array:
+  """Solution scores_B from per-step P(good) (padded to S steps; mask marks real steps).
+
+  product: Π_k p_k; min: min_k p_k; last: p_K. A solution without steps scores 0.
+  """
+  if name not in AGGREGATIONS:
+    raise ValueError(f"unknown PRM aggregation {name!r}; choose one of {sorted(AGGREGATIONS)}")
+  p_BxS = jnp.asarray(step_probs_BxS, jnp.float32)
+  m_BxS = jnp.asarray(step_mask_BxS).astype(bool)
+  return jnp.where(jnp.any(m_BxS, axis=-1), AGGREGATIONS[name](p_BxS, m_BxS), 0.0)
+
+
+def pad_steps(step_probs: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+  """Ragged per-solution step probabilities -> (probs_BxS, mask_BxS), S = the most steps (at least 1)."""
+  s = max([len(p) for p in step_probs] + [1])
+  probs, mask = np.zeros((len(step_probs), s), np.float32), np.zeros((len(step_probs), s), bool)
+  for i, p in enumerate(step_probs):
+    probs[i, :len(p)], mask[i, :len(p)] = p, True
+  return probs, mask
+
+
+# ---- best-of-N ----
+
+def best_of_n_accuracy(scores_PxK: np.ndarray, correct_PxK: np.ndarray, n: int) -> float:
+  """Expected accuracy of picking the top-scored of n samples drawn without replacement from K.
+
+  Exact over all C(K, n) subsets: rank the K samples by score (ties: lower index first, as argmax does);
+  the sample of rank r (0 = best) is chosen iff it is in the subset and none ranked above it is, which
+  has probability C(K − 1 − r, n − 1) / C(K, n). (Lightman et al. 2023 estimate the same curve by
+  bootstrap resampling; this is its exact value.)
+  """
+  scores_PxK, correct_PxK = np.asarray(scores_PxK, np.float64), np.asarray(correct_PxK, np.float64)
+  k = scores_PxK.shape[1]
+  if not 1 <= n <= k:
+    raise ValueError(f"best_of_n_accuracy: n must be in [1, {k}], got {n}")
+  weight_K = np.asarray([math.comb(k - 1 - r, n - 1) for r in range(k)], np.float64) / math.comb(k, n)
+  order_PxK = np.argsort(-scores_PxK, axis=1, kind="stable")
+  ranked_PxK = np.take_along_axis(correct_PxK, order_PxK, axis=1)
+  return float(np.mean(ranked_PxK @ weight_K))
+
+
+def pass_at_n(correct_PxK: np.ndarray, n: int) -> float:
+  """Unbiased pass@n (Chen et al. 2021, arXiv 2107.03374): mean over problems of 1 − C(K−c, n) / C(K, n)."""
+  correct_PxK = np.asarray(correct_PxK, bool)
+  k = correct_PxK.shape[1]
+  if not 1 <= n <= k:
+    raise ValueError(f"pass_at_n: n must be in [1, {k}], got {n}")
+  c_P = correct_PxK.sum(axis=1)
+  return float(np.mean([1.0 - math.comb(k - int(c), n) / math.comb(k, n) for c in c_P]))
+
+
+def majority_vote_accuracy(answers: Sequence[Sequence[object]], truths: Sequence[object], n: int, *,
+                           num_subsets: int = 256, seed: int = 0) -> float:
+  """Accuracy of majority voting (self-consistency, Wang et al. 2022, arXiv 2203.11171) over n samples.
+
+  For each problem, `num_subsets` random subsets of n of its K samples (the one subset when n = K); the
+  most frequent answer among those with an answer (None = no answer) wins, ties broken uniformly at
+  random (counted by their expectation: 1/t when the truth is one of t tied answers); a subset with no
+  answer at all is wrong. Returns the mean over problems and subsets.
+  """
+  rng = np.random.default_rng(seed)
+  per_problem = []
+  for sample_answers, truth in zip(answers, truths):
+    k = len(sample_answers)
+    if not 1 <= n <= k:
+      raise ValueError(f"majority_vote_accuracy: n must be in [1, {k}], got {n}")
+    vocab = {a: i for i, a in enumerate(dict.fromkeys(a for a in sample_answers if a is not None))}
+    if not vocab:
+      per_problem.append(0.0)
+      continue
+    ids_K = np.asarray([vocab.get(a, -1) for a in sample_answers])
+    truth_id = vocab.get(truth, -2)
+    subsets = 1 if n == k else num_subsets
+    picks_SxN = (np.tile(np.arange(k), (1, 1)) if n == k else
+                 np.argsort(rng.random((subsets, k)), axis=1)[:, :n])
+    ids_SxN = ids_K[picks_SxN]
+    counts_SxA = np.stack([(ids_SxN == a).sum(axis=1) for a in range(len(vocab))], axis=1)
+    best_S = counts_SxA.max(axis=1)
+    tied_SxA = (counts_SxA == best_S[:, None]) & (best_S[:, None] > 0)
+    truth_tied_S = tied_SxA[:, truth_id] if truth_id >= 0 else np.zeros(len(best_S), bool)
+    per_problem.append(float(np.mean(truth_tied_S / np.maximum(tied_SxA.sum(axis=1), 1))))
+  return float(np.mean(per_problem)) if per_problem else 0.0
