@@ -45,19 +45,13 @@ def arithmetic_accuracy(model_config: ModelConfig, params, tokenizer: CharTokeni
                         batch_size: int, max_new_tokens: int) -> dict[str, float]:
   """Greedy accuracy 1(ŷ = y) per digit length ("acc_<n>digit") and over all problems ("acc_overall").
 
-  Each length gets a generation cap of its full scratchpad length + 16 tokens (<= max_new_tokens), so
-  runaway generations stop early.
+  Each length gets a generation cap of its full scratchpad length + 17 tokens (<= max_new_tokens,
+  ArithmeticTask.eval_cap), so runaway generations stop early.
   """
   task = tasks.ArithmeticTask()
-
-  def cap(examples):
-    worst_case = max(len(task.target(e)) for e in examples) + 1
-    return min(worst_case + 16, max_new_tokens)
-
   return task_accuracy(model_config, params, tokenizer, task,
                        {n: [task.example(p) for p in problems] for n, problems in problems_by_digits.items()},
-                       mesh=mesh, batch_size=batch_size, max_new_tokens=max_new_tokens, cap=cap,
-                       group_name=lambda n: f"{n}digit")
+                       mesh=mesh, batch_size=batch_size, max_new_tokens=max_new_tokens)
 
 
 def task_accuracy(model_config: ModelConfig, params, tokenizer, task: tasks.Task,
@@ -78,9 +72,9 @@ def task_accuracy(model_config: ModelConfig, params, tokenizer, task: tasks.Task
     examples = list(examples_by_group[group])
     texts = generate_texts(model_config, params, tokenizer, [task.few_shot_prompt(e, exemplars) for e in examples],
                            mesh=mesh, sampling_config=cfg, batch_size=batch_size,
-                           max_new_tokens=max_new_tokens if cap is None else cap(examples))
+                           max_new_tokens=task.eval_cap(examples, max_new_tokens))
     correct = int(np.sum([task.is_correct(e, cut_at_stop(t, task.stop_strings)) for e, t in zip(examples, texts)]))
-    results[f"acc_{group_name(group)}"] = correct / len(examples)
+    results[f"acc_{task.group_name(group)}"] = correct / len(examples)
     correct_total += correct
     count_total += len(examples)
   results["acc_overall"] = correct_total / max(count_total, 1)

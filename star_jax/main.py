@@ -42,7 +42,7 @@ def _run_star(cfg, workdir: str) -> str:
 
 
 def _run_pg(cfg, workdir: str) -> str:
-  pg.run(cfg, workdir, star.make_base_model(cfg, cfg.rl.base_workdir or workdir))
+  pg.run(cfg, workdir, star.base_params(cfg, cfg.rl.base_workdir or workdir))
   return f"report: {os.path.join(workdir, 'rl_report.md')}"
 
 

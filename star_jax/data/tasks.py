@@ -14,6 +14,15 @@ STaR (Zelikman et al. 2022, arXiv 2203.14465, Algorithm 1) only ever touches a t
                        give the same result whether or not the sampler stopped there)
   few_shot_prompt(x, exemplars, hint=...)   the prompt behind `len(exemplars)` solved examples
 
+and, for the loops that need more than the indicator (defaults in `Task`, overridden where a task knows better):
+
+  group_name(g)                    the suffix of per-group metrics ('3digit', 'group2')
+  generation_cap(xs, n, seq_len, tokenizer) / eval_cap(xs, n)   token caps for a group of questions
+  record_key(x) / example_from_record(r)    how a saved generation record names its question
+  steps(g)                         the reasoning steps of a generation (data/steps.py: segmentation)
+  step_correct(x, g)               exact per-step correctness, or None when the task cannot check steps
+  expected_steps(x)                the number of steps a correct solution has (dense-reward normaliser)
+
 A generation g is the text after the prompt, special tokens stripped; `prompt(x) + trim(g)` is a training
 example whenever is_correct(x, g). A rationalization is generated from hinted_prompt(x) but saved with
 prompt(x): the hint is removed, as in the paper.
@@ -31,6 +40,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from star_jax.data import arithmetic, verifiers
+from star_jax.data.steps import Step, split_steps
+
+ANSWER_MARGIN = 16  # arithmetic: generation cap beyond the longest true target of a digit length
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +136,54 @@ class Task(abc.ABC):
     """Every record of a TFDS data source as an Example, in order."""
     return [self.from_features(source[i]) for i in range(len(source))]
 
+  # ---- what the loops need beyond the indicator (defaults; tasks override where they know better) ----
+
+  def group_name(self, group: int) -> str:
+    """The suffix of per-group metric keys (acc_<name>, kept_generated_<name>)."""
+    return f"group{group}"
+
+  def generation_cap(self, examples: Sequence[Example], max_new_tokens: int, seq_len: int, tokenizer) -> int:
+    """Tokens allowed when generating for a group of examples: max_new_tokens, lowered so that [BOS] + plain
+    prompt + generation + '\\n' + [EOS] fits seq_len (a saved example has the plain prompt)."""
+    longest, example = max((len(tokenizer.encode(self.prompt(e))), e.id) for e in examples)
+    out = min(max_new_tokens, seq_len - longest - 3)
+    if out < 1:
+      raise ValueError(f"config.train.seq_len={seq_len} leaves no room for a rationale after the {longest}-token "
+                       f"prompt of example {example!r}; raise it")
+    return out
+
+  def eval_cap(self, examples: Sequence[Example], max_new_tokens: int) -> int:
+    """Tokens allowed when decoding held-out examples of one group greedily."""
+    del examples
+    return max_new_tokens
+
+  def record_key(self, example: Example) -> dict:
+    """The fields of a saved generation record that identify its question (`example_from_record` inverts)."""
+    return {"group": example.group, "example": example.to_json()}
+
+  def example_from_record(self, record: Mapping[str, Any]) -> Example:
+    return Example.from_json(record["example"])
+
+  def record_extra(self, generation: str) -> dict:
+    """Fields saved beside `correct` in a generation record: the answer the generation states."""
+    return {"predicted": self.extract_answer(generation)}
+
+  def steps(self, generation: str) -> list[Step]:
+    """The reasoning steps of a generation: its non-empty lines (tasks with a preamble override this)."""
+    return split_steps(generation, "\n")
+
+  has_step_checks: ClassVar[bool] = False  # whether step_correct checks steps (True: override it)
+
+  def step_correct(self, example: Example, generation: str) -> list[bool] | None:
+    """Exact correctness of each of `steps(generation)`, or None: this task cannot check steps exactly."""
+    del example, generation
+    return None
+
+  def expected_steps(self, example: Example) -> int | None:
+    """The number of steps a correct solution has (normalises dense step rewards), or None if unknown."""
+    del example
+    return None
+
 
 def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
   """`text` up to and including the earliest of `stop_strings` (unchanged if none occurs).
@@ -207,6 +267,49 @@ class ArithmeticTask(Task):
     """A record of arithmetic_tfds.Arithmetic: a, b (+ target, non-empty in the rationales/test splits)."""
     p = arithmetic.Problem(int(features["a"]), int(features["b"]))
     return self.example(p, with_rationale=bool(as_str(features.get("target", ""))))
+
+  def group_name(self, group: int) -> str:
+    return f"{group}digit"
+
+  def generation_cap(self, examples: Sequence[Example], max_new_tokens: int, seq_len: int, tokenizer=None) -> int:
+    """The longest true target + ANSWER_MARGIN, at most `max_new_tokens`, and short enough that [BOS] + plain
+    prompt + generation + '\\n' + [EOS] fits seq_len (characters are tokens here)."""
+    del tokenizer
+    longest_target = max(len(self.target(e)) for e in examples)
+    longest_prompt = max(len(self.prompt(e)) for e in examples)
+    cap = min(longest_target + ANSWER_MARGIN, max_new_tokens, seq_len - longest_prompt - 2)
+    if cap < longest_target:
+      raise ValueError(f"generation cap {cap} (max_new_tokens={max_new_tokens}; train.seq_len={seq_len} minus the "
+                       f"prompt) is shorter than a {examples[0].group}-digit target ({longest_target}); raise them")
+    return cap
+
+  def eval_cap(self, examples: Sequence[Example], max_new_tokens: int) -> int:
+    """The full scratchpad's length + 17, at most max_new_tokens: runaway generations stop early."""
+    return min(max(len(self.target(e)) for e in examples) + 1 + ANSWER_MARGIN, max_new_tokens)
+
+  def record_key(self, example: Example) -> dict:
+    """a, b, n_digits: the format every arithmetic workdir has."""
+    p = self.problem(example)
+    return {"a": p.a, "b": p.b, "n_digits": p.n_digits}
+
+  def example_from_record(self, record: Mapping[str, Any]) -> Example:
+    return self.example(arithmetic.Problem(int(record["a"]), int(record["b"])))
+
+  def record_extra(self, generation: str) -> dict:
+    del generation
+    return {}  # (the arithmetic record format predates the `predicted` field)
+
+  def steps(self, generation: str) -> list[Step]:
+    """The scratchpad's lines after '<scratch>': exactly the steps of verifiers.check_steps."""
+    return split_steps(generation, "\n", start_after=arithmetic.SCRATCH_OPEN)
+
+  has_step_checks = True
+
+  def step_correct(self, example: Example, generation: str) -> list[bool]:
+    return [c.correct for c in verifiers.check_steps(self.problem(example), generation)]
+
+  def expected_steps(self, example: Example) -> int:
+    return verifiers.expected_num_steps(self.problem(example))
 
 
 # ---- registry ----

@@ -87,16 +87,13 @@ class RLConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RLExperimentConfig(StarExperimentConfig):
-  """A StarExperimentConfig plus the `rl` section (the base model comes from the `star` section)."""
+  """A StarExperimentConfig plus the `rl` section. The base model is the STaR experiment's (star.base_params:
+  model.hf_path's weights, or the arithmetic base model trained on seed scratchpads); any task."""
   kind: str = "pg"
   rl: RLConfig = dataclasses.field(default_factory=RLConfig)
 
   def __post_init__(self):
     super().__post_init__()
-    require(self.data.task == "arithmetic", "data.task", self.data.task, "must be 'arithmetic' in an RL "
-             "experiment: the loop samples arithmetic prompts and scores them with the arithmetic verifier")
-    require(not self.hf_path, "model.hf_path", self.hf_path,
-             "must be empty in an RL experiment (its base model is the arithmetic STaR base model)")
     require(self.train.grad_accum_steps == 1, "train.grad_accum_steps", self.train.grad_accum_steps,
              "must be 1 in an RL experiment (split the RL batch with rl.minibatches)")
     require(self.rl.batch_size % self.rl.minibatches == 0, "rl.minibatches", self.rl.minibatches,

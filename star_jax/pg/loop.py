@@ -7,14 +7,18 @@ STaR as reinforcement learning (Zelikman et al. 2022, arXiv 2203.14465, §3.2): 
   2. sample K = rl.samples_per_question responses to each with the KV-cache sampler at rl.temperature,
      keeping the sampler's per-token log-probs (π_old of the update);
   3. reward each with the task's verifier, the indicator 1(ŷ = y), plus (rl.process_reward > 0) a dense
-     process reward from the exact step verifier (`step_rewarded`) or, with rl.process_reward_model, from a
-     learned PRM (prm/reward.py), or with the caller's `reward` (`default_reward` picks);
+     process reward from the task's exact step checks or, with rl.process_reward_model, from a learned PRM
+     (pg/rewards.py picks), or with the caller's `reward`;
   4. run the jitted, sharded update (pg/step.py): advantages, KL to the base model, PPO epochs;
   5. log reward, sample accuracy, KL, entropy, response length, clip fraction, tokens/s and the seconds
      spent sampling, on the host (verifier, batch) and updating; the update's metrics are fetched one
      step late (after the next sampler call is dispatched);
-  6. every rl.eval_every steps: greedy held-out accuracy per digit length and KL(π‖π_base) measured on
-     held-out prompts; every checkpoint.every_steps: an Orbax checkpoint.
+  6. every rl.eval_every steps: greedy held-out accuracy per group (arithmetic: digit length) and
+     KL(π‖π_base) measured on held-out prompts; every checkpoint.every_steps: an Orbax checkpoint.
+
+The loop sees its task only through data.tasks.Task (prompt, is_correct, generation_cap, group_name and,
+for dense rewards, steps/step_correct/expected_steps): the config's task (star.tasks.load_task_data), or the
+`task_data` a caller passes (a toy task in the tests, a user's own task).
 
 Resumable: the questions and sampling keys of step s derive from (rl.seed, s), so the checkpoint (PGState
 plus the sampled-token count) is all the loop needs; a re-run of the same command continues from it and
@@ -30,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -41,54 +44,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from star_jax import checkpoint, config, evaluate, io, metrics, sampling, sharding, train
-from star_jax.data import CharTokenizer, Problem, arithmetic, build_arithmetic_for, make_eval_problems, verifiers
+from star_jax.data.tasks import Example, Task
+from star_jax.pg import rewards
 from star_jax.pg import step as pg_step
 from star_jax.pg.config import RLExperimentConfig
-from star_jax.prm import reward as prm_reward
-from star_jax.prm import steps as prm_steps
-from star_jax.star import data as sd
+from star_jax.star import tasks as star_tasks
 
-RewardFn = Callable[[Problem, str], float]  # one response
-BatchRewardFn = Callable[[Sequence[Problem], Sequence[str]], np.ndarray]  # a sampled batch -> rewards_B
 SAMPLE, EVAL_KL = 0, 1  # phase ids of the rng: key(seed, step, phase)
 METRICS_FILE, EVAL_FILE = "rl_metrics.jsonl", "rl_eval.jsonl"  # in the workdir (see the module docstring)
-
-
-def outcome_reward(problem: Problem, text: str) -> float:
-  """STaR's reward: the indicator 1(ŷ = y) of the final answer."""
-  return float(verifiers.is_correct(problem, text))
-
-
-def step_rewarded(weight: float) -> RewardFn:
-  """A dense process reward from the exact scratchpad verifier, plus the outcome indicator:
-
-    R = 1(ŷ = y) + w · Σ_k r_k,   r_k = 1/S if scratchpad steps 1..k are all correct (else 0),
-
-  S = the number of steps a correct scratchpad has (prm.arithmetic_step_labels: the ideal PRM of
-  Lightman et al. 2023 / Math-Shepherd's hard labels, with no learned-model error). The per-step rewards
-  enter the loss through their sum R: without a critic, Σ_k r_k as every token's return is an unbiased
-  (higher-variance) estimate of ∇ E[Σ_k r_k], since a step's reward does not depend on later tokens.
-  """
-
-  def reward(problem: Problem, text: str) -> float:
-    return prm_reward.dense_return(outcome_reward(problem, text), prm_steps.arithmetic_step_labels(problem, text),
-                            verifiers.expected_num_steps(problem), weight)
-  return reward
-
-
-def per_sample(fn: RewardFn) -> BatchRewardFn:
-  """A batch reward that calls `fn(problem, text)` on each response."""
-  return lambda problems, texts: np.asarray([fn(p, t) for p, t in zip(problems, texts)], np.float32)
-
-
-def default_reward(cfg: RLExperimentConfig, mesh) -> BatchRewardFn:
-  """The config's reward: 1(ŷ = y), + w · exact step rewards (rl.process_reward = w > 0), or + w · a learned
-  PRM's step scores (rl.process_reward_model = its directory)."""
-  rl = cfg.rl
-  if rl.process_reward_model:
-    return prm_reward.learned_step_reward(rl.process_reward_model, rl.process_reward, mesh,
-                                          batch_size=rl.batch_size, seq_len=cfg.train.seq_len + 1)  # as build_batch
-  return per_sample(step_rewarded(rl.process_reward) if rl.process_reward > 0 else outcome_reward)
 
 
 def questions_for_step(num_questions: int, per_step: int, seed: int, step: int) -> np.ndarray:
@@ -137,32 +100,34 @@ class _Context:
   cfg: RLExperimentConfig
   workdir: str
   mesh: jax.sharding.Mesh
-  tokenizer: CharTokenizer
-  questions: list[Problem]  # D
-  tests: dict[int, list[Problem]]  # held-out problems per digit length
-  kl_problems: list[Problem]  # held-out questions on which KL(π‖π_base) is measured
+  tokenizer: object
+  task: Task
+  questions: list[Example]  # D
+  tests: dict[int, list[Example]]  # held-out examples per group
+  train_groups: list[int]  # the groups D has questions of (acc_train_lengths pools them)
+  kl_examples: list[Example]  # held-out questions on which KL(π‖π_base) is measured
   prompt_width: int  # every sampled batch is left-padded to this width (one sampler compilation)
 
 
-def _setup(cfg: RLExperimentConfig, workdir: str) -> _Context:
+def _setup(cfg: RLExperimentConfig, workdir: str, task_data: star_tasks.TaskData | None = None) -> _Context:
   if not isinstance(cfg, RLExperimentConfig):
     raise TypeError(f"the RL loop needs an RLExperimentConfig (pg.config.rl_experiment_from_config), "
                     f"got {type(cfg).__name__}")
-  tokenizer, mesh = train.tokenizer_and_mesh(cfg)
+  tokenizer, mesh = star_tasks.tokenizer_and_mesh(cfg)
   rl = cfg.rl
   divisor = sharding.batch_divisor(mesh) * rl.minibatches
   if rl.batch_size % divisor:
     raise ValueError(f"config.rl.questions_per_step x rl.samples_per_question = {rl.batch_size} must be a multiple "
                      f"of the mesh's data x fsdp size {sharding.batch_divisor(mesh)} x rl.minibatches {rl.minibatches}")
-  builder = build_arithmetic_for(cfg.data, workdir)
-  questions = sd.problems_from_source(builder.as_data_source("questions"))
-  tests = {n: make_eval_problems(builder.as_data_source(f"test_{n}digit"))
-           for n in range(1, cfg.data.max_test_digits + 1)}
-  held_out = [p for n in range(1, cfg.data.max_train_digits + 1) for p in tests[n]]
-  kl_problems = [held_out[i % len(held_out)] for i in range(rl.questions_per_step)]
-  longest = max(len(arithmetic.prompt_text(p)) + 1 for p in questions + kl_problems)
-  return _Context(cfg, os.path.abspath(workdir), mesh, tokenizer, questions, tests, kl_problems,
-                  prompt_width=-(-longest // 16) * 16)
+  data = task_data or star_tasks.load_task_data(cfg, workdir)
+  if not data.tests:
+    raise ValueError("the RL loop evaluates on held-out questions: the task data has none (config.eval.split)")
+  train_groups = sorted({e.group for e in data.questions})
+  held_out = [e for g in train_groups for e in data.tests.get(g, [])] or [e for t in data.tests.values() for e in t]
+  kl_examples = [held_out[i % len(held_out)] for i in range(rl.questions_per_step)]
+  longest = max(len(tokenizer.encode(data.task.prompt(e), add_bos=True)) for e in data.questions + kl_examples)
+  return _Context(cfg, os.path.abspath(workdir), mesh, tokenizer, data.task, data.questions, data.tests,
+                  [g for g in train_groups if g in data.tests], kl_examples, prompt_width=-(-longest // 16) * 16)
 
 
 def _compiled(model_config, train_config, rl, mesh):
@@ -179,13 +144,12 @@ def _compiled_cached(model_config, train_config, mesh, rl):
           pg_step.compile_response_logps(model_config, rl.temperature, mesh))
 
 
-def _sample(ctx: _Context, params, problems: Sequence[Problem], rng: jax.Array):
-  """K samples per problem (question-major rows) -> (prompt ids, device SampleOutput)."""
+def _sample(ctx: _Context, params, examples: Sequence[Example], rng: jax.Array):
+  """K samples per example (question-major rows) -> (prompt ids, device SampleOutput)."""
   cfg, tok = ctx.cfg, ctx.tokenizer
-  prompt_ids = [tok.encode(arithmetic.prompt_text(p), add_bos=True) for p in problems
-                for _ in range(cfg.rl.samples_per_question)]
+  prompt_ids = [tok.encode(ctx.task.prompt(e), add_bos=True) for e in examples for _ in range(cfg.rl.samples_per_question)]
   tokens_BxP, lengths_B = sampling.left_pad(prompt_ids, tok.pad_id, multiple=ctx.prompt_width)
-  cap = sd.generation_cap(problems, cfg.rl.max_new_tokens, cfg.train.seq_len)
+  cap = ctx.task.generation_cap(examples, cfg.rl.max_new_tokens, cfg.train.seq_len, tok)
   out = sampling.sample(cfg.model, params, sharding.shard_global_batch(tokens_BxP, ctx.mesh),
                         sharding.shard_global_batch(lengths_B, ctx.mesh), rng,
                         cfg=sampling.SamplingConfig(max_new_tokens=cfg.rl.max_new_tokens,
@@ -195,13 +159,14 @@ def _sample(ctx: _Context, params, problems: Sequence[Problem], rng: jax.Array):
 
 
 def _evaluate(ctx: _Context, params, ref_params, logps_fn, step: int) -> dict:
-  """Greedy held-out accuracy per digit length and KL(π‖π_base) on sampled held-out responses (k1 and k3)."""
+  """Greedy held-out accuracy per group (acc_train_lengths: over the groups of D) and KL(π‖π_base) on
+  sampled held-out responses (k1 and k3)."""
   cfg = ctx.cfg
   t0 = time.perf_counter()
-  accuracy = evaluate.arithmetic_accuracy(cfg.model, params, ctx.tokenizer, ctx.tests, mesh=ctx.mesh,
-                                          batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens)
-  lengths = range(1, cfg.data.max_train_digits + 1)
-  accuracy["acc_train_lengths"] = evaluate.pooled_accuracy(accuracy, {n: len(ctx.tests[n]) for n in lengths})
+  accuracy = evaluate.task_accuracy(cfg.model, params, ctx.tokenizer, ctx.task, ctx.tests, mesh=ctx.mesh,
+                                    batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens)
+  accuracy["acc_train_lengths"] = evaluate.pooled_accuracy(accuracy, {g: len(ctx.tests[g]) for g in ctx.train_groups},
+                                                           ctx.task.group_name)
   return {"step": step, **accuracy, **_kl_to_base(ctx, params, ref_params, logps_fn, step),
           "eval_seconds": time.perf_counter() - t0}
 
@@ -209,7 +174,7 @@ def _evaluate(ctx: _Context, params, ref_params, logps_fn, step: int) -> dict:
 def _kl_to_base(ctx: _Context, params, ref_params, logps_fn, step: int) -> dict:
   """KL(π‖π_base) per response: K samples from π (at rl.temperature) for each of rl.questions_per_step
   held-out prompts; the mean over responses of Σ_t log π(a_t)/π_base(a_t) (k1, unbiased) and of Σ_t k3."""
-  prompt_ids, out = _sample(ctx, params, ctx.kl_problems, io.phase_key(ctx.cfg.rl.seed, step, EVAL_KL))
+  prompt_ids, out = _sample(ctx, params, ctx.kl_examples, io.phase_key(ctx.cfg.rl.seed, step, EVAL_KL))
   tokens, lens, logps = sharding.to_host((out.tokens_BxN, out.lengths_B, out.logps_BxN))
   batch = build_batch(prompt_ids, tokens, lens, logps, np.zeros(len(prompt_ids)), ctx.cfg.train.seq_len)
   device_batch = {k: sharding.shard_global_batch(v, ctx.mesh) for k, v in batch.items()}
@@ -221,14 +186,11 @@ def _kl_to_base(ctx: _Context, params, ref_params, logps_fn, step: int) -> dict:
 
 def kl_meter(cfg: RLExperimentConfig, workdir: str, base_params) -> Callable[[object, int], dict]:
   """`measure(params, step) -> {"kl_to_base", "kl_to_base_k3"}`: the loop's KL to `base_params`, on the
-  same held-out prompts and sampling keys, for any params (e.g. the STaR loop's M_n, star_jax/pg_compare.py)."""
+  same held-out prompts and sampling keys, for any params (e.g. the STaR loop's M_n,
+  experiments/pg_star_arithmetic/compare.py)."""
   ctx = _setup(cfg, workdir)
   logps_fn = _compiled(cfg.model, cfg.train, cfg.rl, ctx.mesh)[2]
   return lambda params, step: _kl_to_base(ctx, params, base_params, logps_fn, step)
-
-
-def _read_records(path: str, last_step: int) -> list[dict]:
-  return [r for r in io.read_jsonl(path) if r["step"] <= last_step] if os.path.exists(path) else []
 
 
 def _write_outputs(ctx: _Context, train_records: list[dict], eval_records: list[dict]) -> None:
@@ -236,11 +198,12 @@ def _write_outputs(ctx: _Context, train_records: list[dict], eval_records: list[
     return
   io.write_jsonl(os.path.join(ctx.workdir, METRICS_FILE), train_records)
   io.write_jsonl(os.path.join(ctx.workdir, EVAL_FILE), eval_records)
-  rl, lengths = ctx.cfg.rl, range(1, ctx.cfg.data.max_test_digits + 1)
-  header = (["step", "sampled tokens", "train lengths", "all"] + [f"{n}-digit" for n in lengths]
+  rl, names = ctx.cfg.rl, [ctx.task.group_name(g) for g in sorted(ctx.tests)]
+  header = (["step", "sampled tokens", "train lengths", "all"] + [n.replace("digit", "-digit") for n in names]
             + ["KL to base (k1)", "KL (k3)", "wall s"])
   rows = [[str(r["step"]), str(r["sampled_tokens"]), f"{r['acc_train_lengths']:.3f}", f"{r['acc_overall']:.3f}"]
-          + [f"{r[f'acc_{n}digit']:.2f}" for n in lengths] + [f"{r['kl_to_base']:.3f}", f"{r['kl_to_base_k3']:.3f}", f"{r['seconds']:.0f}"]
+          + [f"{r[f'acc_{n}']:.2f}" for n in names]
+          + [f"{r['kl_to_base']:.3f}", f"{r['kl_to_base_k3']:.3f}", f"{r['seconds']:.0f}"]
           for r in eval_records]
   table = "\n".join("| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header)] + rows)
   text = (f"# Policy-gradient STaR\n\nadvantage `{rl.advantage}`, normalisation `{rl.normalisation}`, "
@@ -250,6 +213,8 @@ def _write_outputs(ctx: _Context, train_records: list[dict], eval_records: list[
           f"\n\nHeld-out greedy accuracy and KL(π‖π_base) per evaluation:\n\n{table}\n")
   io.write_text(os.path.join(ctx.workdir, "rl_report.md"), text)
 
+
+# ---- the loop: one small function per part of a step; the loop's state is one object ----
 
 @dataclasses.dataclass
 class _Pending:
@@ -261,19 +226,102 @@ class _Pending:
   update_seconds: float | None = None
 
 
-def run(cfg: RLExperimentConfig, workdir: str, base_params, reward: BatchRewardFn | None = None) -> list[dict]:
+@dataclasses.dataclass
+class _Run:
+  """What changes while the loop runs: the state, the records, the pending update, the clock."""
+  state: pg_step.PGState
+  host: dict  # {"sampled_tokens", "seconds"}: checkpointed with the state
+  train_records: list[dict]
+  eval_records: list[dict]
+  started: float  # perf_counter() when this process started (host["seconds"] counts earlier processes)
+  pending: _Pending | None = None
+
+  def seconds(self) -> float:
+    return self.host["seconds"] + time.perf_counter() - self.started
+
+  def out_of_budget(self, rl) -> bool:
+    return bool(rl.token_budget and self.host["sampled_tokens"] >= rl.token_budget)
+
+
+def _record_eval(ctx: _Context, run: _Run, ref_params, logps_fn, writer, step: int) -> None:
+  record = {**_evaluate(ctx, run.state.train.params, ref_params, logps_fn, step),
+            "sampled_tokens": run.host["sampled_tokens"], "seconds": run.seconds()}
+  run.eval_records.append(record)
+  writer.write_scalars(step, {f"rl_eval/{k}": v for k, v in record.items() if k != "step"})
+  writer.flush()
+  print(f"[rl] step {step}: held-out acc {record['acc_overall']:.3f} (train lengths "
+        f"{record['acc_train_lengths']:.3f}), KL to base {record['kl_to_base']:.4f}, "
+        f"{run.host['sampled_tokens']} tokens sampled", flush=True)
+
+
+def _update_done(run: _Run) -> None:
+  """Time the pending update. The sampler needs its parameters anyway, so waiting here costs nothing."""
+  if run.pending is not None and run.pending.update_seconds is None:
+    jax.block_until_ready(run.state.train.step)
+    run.pending.update_seconds = time.perf_counter() - run.pending.update_start
+
+
+def _finish_pending(run: _Run, rl, writer, progress) -> None:
+  """Fetch the pending update's metrics, check them and log them."""
+  if run.pending is None:
+    return
+  _update_done(run)
+  done, run.pending = run.pending, None
+  values = {k: float(v) for k, v in sharding.to_host(done.device_metrics).items()}
+  if not np.isfinite(values["loss"]):
+    raise train.NonFiniteLossError(f"non-finite RL loss {values['loss']} at step {done.step}; "
+                                   "the last checkpoint written before it is intact")
+  step_seconds = done.host["sample_seconds"] + done.host["host_seconds"] + done.update_seconds
+  values.update(done.host, update_seconds=done.update_seconds,
+                tokens_per_sec=done.host["response_tokens"] / max(step_seconds, 1e-9))
+  if done.step % rl.log_every == 0 or done.step == rl.steps:
+    run.train_records.append({"step": done.step, **values})
+    writer.write_scalars(done.step, {f"rl/{k}": v for k, v in values.items()})
+  progress.set_postfix(reward=f"{values['reward']:.3f}", len=f"{values['response_length']:.0f}")
+
+
+def _policy_step(ctx: _Context, run: _Run, step: int, step_fn, ref_params, reward: rewards.BatchRewardFn,
+                 writer, progress) -> None:
+  """Sample G x K responses, reward them, dispatch the update (its metrics are fetched next step)."""
+  cfg, rl = ctx.cfg, ctx.cfg.rl
+  _update_done(run)
+  t0 = time.perf_counter()
+  examples = [ctx.questions[i] for i in questions_for_step(len(ctx.questions), rl.questions_per_step, rl.seed, step)]
+  prompt_ids, out = _sample(ctx, run.state.train.params, examples, io.phase_key(rl.seed, step, SAMPLE))
+  _finish_pending(run, rl, writer, progress)  # the previous update's metrics, fetched while this batch is sampled
+  tokens, lengths, logps = sharding.to_host((out.tokens_BxN, out.lengths_B, out.logps_BxN))
+  t1 = time.perf_counter()
+  row_examples = [e for e in examples for _ in range(rl.samples_per_question)]  # question-major rows
+  texts = [ctx.tokenizer.decode(tokens[i, :lengths[i]]) for i in range(len(row_examples))]
+  rewards_B = np.asarray(reward(row_examples, texts), np.float32)
+  batch = build_batch(prompt_ids, tokens, lengths, logps, rewards_B, cfg.train.seq_len)
+  device_batch = {k: sharding.shard_global_batch(v, ctx.mesh) for k, v in batch.items()}
+  args = (run.state, device_batch, run.state.train.rng) + ((ref_params,) if rl.uses_reference else ())
+  t2 = time.perf_counter()
+  run.state, device_metrics = step_fn(*args)
+  n_tokens = int(np.sum(lengths))
+  run.host["sampled_tokens"] += n_tokens
+  run.pending = _Pending(step, device_metrics, t2, host={
+      "accuracy": float(np.mean([ctx.task.is_correct(e, t) for e, t in zip(row_examples, texts)])),
+      "sampled_tokens": float(run.host["sampled_tokens"]), "response_tokens": float(n_tokens),
+      "sample_seconds": t1 - t0, "host_seconds": t2 - t1, "sample_tokens_per_sec": n_tokens / max(t1 - t0, 1e-9)})
+
+
+def run(cfg: RLExperimentConfig, workdir: str, base_params, reward: rewards.BatchRewardFn | None = None,
+        task_data: star_tasks.TaskData | None = None) -> list[dict]:
   """Run (or resume) the loop from `base_params` (also the frozen reference); returns the eval records.
 
-  `reward(problems, generated_texts) -> rewards_B` replaces the config's (`default_reward`), e.g. a test's;
-  `per_sample` makes one from a function of a single response.
+  `reward(examples, generated_texts) -> rewards_B` replaces the config's (`rewards.default_reward`), e.g. a
+  test's; `rewards.per_sample` makes one from a function of a single response. `task_data` replaces the
+  data the config names (star.tasks.TaskData: a task, D and held-out examples per group).
   """
-  ctx = _setup(cfg, workdir)
+  ctx = _setup(cfg, workdir, task_data)
   # rl.steps and rl.token_budget may grow between runs of one workdir
   config.check_resumable(os.path.join(ctx.workdir, "rl_config.json"), cfg, ("model", "data", "train", "star", "rl"),
                          ignored={("rl", "steps"), ("rl", "token_budget"), ("rl", "base_workdir"),
                                   ("data", "data_dir")}, what="RL run")
-  rl, mesh, tok = cfg.rl, ctx.mesh, ctx.tokenizer
-  reward = reward or default_reward(cfg, mesh)
+  rl, mesh = cfg.rl, ctx.mesh
+  reward = reward or rewards.default_reward(rl, ctx.task, mesh, ctx.tokenizer, cfg.train.seq_len + 1)  # as build_batch
   tx, step_fn, logps_fn = _compiled(cfg.model, cfg.train, rl, mesh)
   abstract, shardings = pg_step.state_shardings(cfg.model, tx, mesh)
   ref_params = jax.device_put(base_params, shardings.train.params)
@@ -288,91 +336,29 @@ def run(cfg: RLExperimentConfig, workdir: str, base_params, reward: BatchRewardF
                                    jax.tree.map(lambda x: jnp.array(x, copy=True), ref_params), rl.kl_coef)
       host = {"sampled_tokens": 0, "seconds": 0.0}
     start = int(state.train.step)
-    train_records, eval_records = _read_records(metrics_path, start), _read_records(eval_path, start)
-    elapsed = host["seconds"]
-    t_start = time.perf_counter()
-
-    def seconds() -> float:
-      return elapsed + time.perf_counter() - t_start
-
-    def record_eval(step: int) -> None:
-      record = {**_evaluate(ctx, state.train.params, ref_params, logps_fn, step),
-                "sampled_tokens": host["sampled_tokens"], "seconds": seconds()}
-      eval_records.append(record)
-      writer.write_scalars(step, {f"rl_eval/{k}": v for k, v in record.items() if k != "step"})
-      writer.flush()
-      print(f"[rl] step {step}: held-out acc {record['acc_overall']:.3f} (train lengths "
-            f"{record['acc_train_lengths']:.3f}), KL to base {record['kl_to_base']:.4f}, "
-            f"{host['sampled_tokens']} tokens sampled", flush=True)
-
-    if not eval_records:
-      record_eval(0)
-      _write_outputs(ctx, train_records, eval_records)
-
-    pending: _Pending | None = None
-
-    def update_done() -> None:
-      """Time the pending update. The sampler needs its parameters anyway, so waiting here costs nothing."""
-      if pending is not None and pending.update_seconds is None:
-        jax.block_until_ready(state.train.step)
-        pending.update_seconds = time.perf_counter() - pending.update_start
-
-    def finish() -> None:
-      nonlocal pending
-      if pending is None:
-        return
-      update_done()
-      done, pending = pending, None
-      values = {k: float(v) for k, v in sharding.to_host(done.device_metrics).items()}
-      if not np.isfinite(values["loss"]):
-        raise train.NonFiniteLossError(f"non-finite RL loss {values['loss']} at step {done.step}; "
-                                       "the last checkpoint written before it is intact")
-      step_seconds = done.host["sample_seconds"] + done.host["host_seconds"] + done.update_seconds
-      values.update(done.host, update_seconds=done.update_seconds,
-                    tokens_per_sec=done.host["response_tokens"] / max(step_seconds, 1e-9))
-      if done.step % rl.log_every == 0 or done.step == rl.steps:
-        train_records.append({"step": done.step, **values})
-        writer.write_scalars(done.step, {f"rl/{k}": v for k, v in values.items()})
-      progress.set_postfix(reward=f"{values['reward']:.3f}", len=f"{values['response_length']:.0f}")
+    records = lambda path: [r for r in io.read_jsonl_if_exists(path) if r["step"] <= start]  # noqa: E731
+    loop = _Run(state, host, records(metrics_path), records(eval_path), started=time.perf_counter())
+    if not loop.eval_records:
+      _record_eval(ctx, loop, ref_params, logps_fn, writer, 0)
+      _write_outputs(ctx, loop.train_records, loop.eval_records)
 
     step = start
     with tqdm(total=rl.steps, initial=start, desc="rl", dynamic_ncols=True, leave=False,
               disable=jax.process_index() != 0) as progress:
-      while step < rl.steps and not (rl.token_budget and host["sampled_tokens"] >= rl.token_budget):
+      while step < rl.steps and not loop.out_of_budget(rl):
         step += 1
-        update_done()
-        t0 = time.perf_counter()
-        problems = [ctx.questions[i] for i in questions_for_step(len(ctx.questions), rl.questions_per_step,
-                                                                 rl.seed, step)]
-        prompt_ids, out = _sample(ctx, state.train.params, problems, io.phase_key(rl.seed, step, SAMPLE))
-        finish()  # the previous update's metrics, fetched while this batch is sampled
-        tokens, lengths, logps = sharding.to_host((out.tokens_BxN, out.lengths_B, out.logps_BxN))
-        t1 = time.perf_counter()
-        row_problems = [p for p in problems for _ in range(rl.samples_per_question)]  # question-major rows
-        texts = [tok.decode(tokens[i, :lengths[i]]) for i in range(len(row_problems))]
-        rewards = np.asarray(reward(row_problems, texts), np.float32)
-        batch = build_batch(prompt_ids, tokens, lengths, logps, rewards, cfg.train.seq_len)
-        device_batch = {k: sharding.shard_global_batch(v, mesh) for k, v in batch.items()}
-        args = (state, device_batch, state.train.rng) + ((ref_params,) if rl.uses_reference else ())
-        t2 = time.perf_counter()
-        state, device_metrics = step_fn(*args)
-        n_tokens = int(np.sum(lengths))
-        host["sampled_tokens"] += n_tokens
-        pending = _Pending(step, device_metrics, t2, host={
-            "accuracy": float(np.mean([verifiers.is_correct(p, text) for p, text in zip(row_problems, texts)])),
-            "sampled_tokens": float(host["sampled_tokens"]), "response_tokens": float(n_tokens),
-            "sample_seconds": t1 - t0, "host_seconds": t2 - t1,
-            "sample_tokens_per_sec": n_tokens / max(t1 - t0, 1e-9)})
+        _policy_step(ctx, loop, step, step_fn, ref_params, reward, writer, progress)
         progress.update(1)
-        last = step == rl.steps or bool(rl.token_budget and host["sampled_tokens"] >= rl.token_budget)
+        last = step == rl.steps or loop.out_of_budget(rl)
         if step % rl.eval_every == 0 or last:
-          finish()
-          record_eval(step)
+          _finish_pending(loop, rl, writer, progress)
+          _record_eval(ctx, loop, ref_params, logps_fn, writer, step)
         if step % cfg.checkpoint.every_steps == 0 or last:
-          finish()
-          host["seconds"] = seconds()
-          _write_outputs(ctx, train_records, eval_records)
-          ckpt.save(step, state, data_state=dict(host))
-      finish()
-    _write_outputs(ctx, train_records, eval_records)
-  return eval_records
+          _finish_pending(loop, rl, writer, progress)
+          loop.host["seconds"] = loop.seconds()
+          loop.started = time.perf_counter()
+          _write_outputs(ctx, loop.train_records, loop.eval_records)
+          ckpt.save(step, loop.state, data_state=dict(loop.host))
+      _finish_pending(loop, rl, writer, progress)
+    _write_outputs(ctx, loop.train_records, loop.eval_records)
+  return loop.eval_records

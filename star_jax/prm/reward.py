@@ -4,15 +4,15 @@
 Lightman et al. 2023 ("Let's Verify Step by Step", arXiv 2305.20050) score every reasoning step with a PRM;
 Math-Shepherd (Wang et al. 2023, arXiv 2312.08935, §3.3) uses such step scores as the reward of PPO. Here the
 PRM's P(step k good), read at the token that ends step k, takes the place of the exact verifier's step labels
-of `pg.loop.step_rewarded`, through the same return (`prm.dense_return`):
+of `pg.rewards.step_rewarded`, through the same return (`dense_return`):
 
   R = 1(ŷ = y) + w · Σ_{k=1}^{min(m, S)} p_k / S
 
-m = the steps of the response (its scratchpad lines after "<scratch>", as the PRM was trained on them), S = the
-steps of the true scratchpad. A perfect PRM (p_k = 1 up to the first wrong step, 0 after) gives exactly
-`pg.loop.step_rewarded`'s reward. The reward model is a separate network (its own trunk and head, e.g. the
-`prm/` directory of `python -m star_jax.prm_experiment`); it is frozen and scores each sampled batch in one
-jitted forward pass of fixed shape [batch, seq_len].
+m = the steps of the response (`task.steps`: for arithmetic its scratchpad lines after "<scratch>", as the PRM
+was trained on them), S = the steps of a correct solution (`task.expected_steps`). A perfect PRM (p_k = 1 up
+to the first wrong step, 0 after) gives exactly `pg.rewards.step_rewarded`'s reward. The reward model is a
+separate network (its own trunk and head, e.g. the `prm/` directory of `python -m experiments.prm_arithmetic.study`);
+it is frozen and scores each sampled batch in one jitted forward pass of fixed shape [batch, seq_len].
 """
 
 from __future__ import annotations
@@ -24,42 +24,41 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from star_jax.data import CharTokenizer, arithmetic, verifiers
-from star_jax.data.arithmetic import Problem
+from star_jax.data.tasks import Example, Task
 from star_jax.prm import steps as prm_steps
 from star_jax.prm import train as prm_train
 
-BatchRewardFn = Callable[[Sequence[Problem], Sequence[str]], np.ndarray]
+BatchRewardFn = Callable[[Sequence[Example], Sequence[str]], np.ndarray]
 
 
-def scoring_example(tokenizer, problem: Problem, text: str) -> dict[str, np.ndarray]:
-  """The response as a reward-model input with every step end marked for reading (targets unused)."""
-  steps = prm_steps.split_steps(text, "\n", start_after=arithmetic.SCRATCH_OPEN)
-  return prm_steps.encode_labelled_text(tokenizer, arithmetic.prompt_text(problem), text, [s.end for s in steps],
-                                  [0.0] * len(steps))
+def scoring_example(tokenizer, task: Task, example: Example, text: str) -> dict[str, np.ndarray]:
+  """The response as a reward-model input with every step end (`task.steps`) marked for reading (targets unused)."""
+  steps = task.steps(text)
+  return prm_steps.encode_labelled_text(tokenizer, task.prompt(example), text, [s.end for s in steps],
+                                        [0.0] * len(steps))
 
 
-def learned_step_reward(directory: str, weight: float, mesh: Mesh, *, batch_size: int,
+def learned_step_reward(directory: str, weight: float, mesh: Mesh, task: Task, tokenizer, *, batch_size: int,
                         seq_len: int) -> BatchRewardFn:
-  """reward(problems, texts) -> R_B from the reward model saved in `directory` (prm.train.load_reward_model).
+  """reward(examples, texts) -> R_B from the reward model saved in `directory` (prm.train.load_reward_model).
 
   Batches of exactly `batch_size` rows of `seq_len` tokens (the RL step's sizes), so the scorer compiles once.
+  S is `task.expected_steps(x)` (a task that does not know it: the response's own step count).
   """
   model_config, head_config, params = prm_train.load_reward_model(directory, mesh)
   if not head_config.prm_classes:
     raise ValueError(f"{directory}: the reward model has no process head (prm_classes = 0); a dense process "
                      "reward needs one")
-  tokenizer = CharTokenizer()
 
-  def reward(problems: Sequence[Problem], texts: Sequence[str]) -> np.ndarray:
-    if len(problems) != len(texts):
-      raise ValueError(f"learned_step_reward: {len(problems)} problems but {len(texts)} texts")
-    examples = [scoring_example(tokenizer, p, t) for p, t in zip(problems, texts)]
-    step_probs, _ = prm_train.score_examples(model_config, params, examples, mesh=mesh, batch_size=batch_size,
+  def reward(examples: Sequence[Example], texts: Sequence[str]) -> np.ndarray:
+    if len(examples) != len(texts):
+      raise ValueError(f"learned_step_reward: {len(examples)} examples but {len(texts)} texts")
+    inputs = [scoring_example(tokenizer, task, e, t) for e, t in zip(examples, texts)]
+    step_probs, _ = prm_train.score_examples(model_config, params, inputs, mesh=mesh, batch_size=batch_size,
                                              seq_len=seq_len)
-    return np.asarray([dense_return(float(verifiers.is_correct(p, t)), probs, verifiers.expected_num_steps(p),
-                                        weight)
-                       for p, t, probs in zip(problems, texts, step_probs)], np.float32)
+    return np.asarray([dense_return(float(task.is_correct(e, t)), probs,
+                                    task.expected_steps(e) or max(len(probs), 1), weight)
+                       for e, t, probs in zip(examples, texts, step_probs)], np.float32)
   return reward
 
 

@@ -7,8 +7,9 @@ rate every reasoning step and score a solution by aggregating the step ratings; 
 * Steps are the non-empty pieces of a solution between delimiters (newline for arithmetic scratchpad lines
   and PRM800K steps). A step's label sits at its *end token*: the token holding the delimiter that closes
   it (the step's last token when unterminated). Nothing else is labelled (`encode_labelled_text`).
-* Labels: exact ones for arithmetic from the scratchpad verifier (a step is good iff it and every step
-  before it are correct), Monte-Carlo ones for any task with a final-answer verifier (`rollout_outcomes`).
+* Labels: exact ones for any task that checks its steps (`task_step_labels`: a step is good iff it and
+  every step before it are correct; arithmetic's scratchpad verifier), Monte-Carlo ones for any task with a
+  final-answer verifier (`rollout_outcomes`). Segmentation: data/steps.py (`Task.steps`).
 * Scores: the registry `AGGREGATIONS` ("product", "min", "last") turns step probabilities into a solution
   score; `best_of_n_accuracy`, `majority_vote_accuracy` and `pass_at_n` measure reranking.
 * Dense rewards for policy gradients live in star_jax/prm/reward.py.
@@ -16,7 +17,6 @@ rate every reasoning step and score a solution by aggregating the step ratings; 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
@@ -24,43 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from star_jax.data import verifiers
 from star_jax.data.arithmetic import Problem
+from star_jax.data.steps import Step, prefix_correct_labels, split_steps  # noqa: F401 (re-exported)
+from star_jax.data.tasks import ArithmeticTask, Example, Task
 
 
 # ---- segmentation and label placement ----
-
-@dataclasses.dataclass(frozen=True)
-class Step:
-  text: str  # the step without its delimiter
-  start: int  # offset of its first character in the solution text
-  end: int  # offset of the delimiter that closes it, or len(solution) when unterminated
-
-
-def split_steps(text: str, delimiter: str = "\n", start_after: str | None = None) -> list[Step]:
-  """The non-empty (after strip) pieces of `text` between delimiters, with their offsets.
-
-  With `start_after` (e.g. "<scratch>"), only what follows its first occurrence counts, and no tag means
-  no steps: for arithmetic this is exactly the steps of `verifiers.check_steps` (same `end` offsets as
-  `verifiers.step_end_offsets`).
-  """
-  if not delimiter:
-    raise ValueError("split_steps: the delimiter must be a non-empty string")
-  pos = 0
-  if start_after is not None:
-    found = text.find(start_after)
-    if found < 0:
-      return []
-    pos = found + len(start_after)
-  steps = []
-  while pos <= len(text):
-    end = text.find(delimiter, pos)
-    end = len(text) if end < 0 else end
-    if text[pos:end].strip():
-      steps.append(Step(text[pos:end], pos, end))
-    pos = end + len(delimiter)
-  return steps
-
 
 def encode_labelled_text(tokenizer, prompt: str, text: str, step_ends: Sequence[int],
                          step_targets: Sequence[float | None], *, outcome: float | None = None,
@@ -128,18 +97,20 @@ def encode_steps(tokenizer, prompt: str, steps: Sequence[str], step_targets: Seq
 
 # ---- automatic labels ----
 
-def prefix_correct_labels(step_correct: Sequence[bool]) -> list[float]:
-  """Label of step k = 1 iff steps 0..k are all correct: a step after the first error is not good."""
-  out, ok = [], True
-  for correct in step_correct:
-    ok = ok and bool(correct)
-    out.append(1.0 if ok else 0.0)
-  return out
+def task_step_labels(task: Task, example: Example, text: str) -> list[float]:
+  """Exact process labels of a generated solution: `prefix_correct_labels` of the task's step checks
+  (`Task.step_correct`); ValueError for a task without exact step checks."""
+  correct = task.step_correct(example, text)
+  if correct is None:
+    raise ValueError(f"the {task.name} task has no exact step checks (Task.step_correct); label its steps with "
+                     "Monte-Carlo rollouts (rollout_outcomes) or a trained PRM instead")
+  return prefix_correct_labels(correct)
 
 
 def arithmetic_step_labels(problem: Problem, target: str) -> list[float]:
-  """Exact process labels of a generated scratchpad: `prefix_correct_labels` of `verifiers.check_steps`."""
-  return prefix_correct_labels([c.correct for c in verifiers.check_steps(problem, target)])
+  """Exact process labels of a generated scratchpad: `task_step_labels` of the arithmetic task."""
+  task = ArithmeticTask()
+  return task_step_labels(task, task.example(problem), target)
 
 
 def step_prefixes(text: str, steps: Sequence[Step]) -> list[str]:

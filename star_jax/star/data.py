@@ -40,7 +40,6 @@ Generate = Callable[[Sequence[str], int, jax.Array], list[str]]
 # Phase ids: every rng of the loop is derived from (config seed, iteration, phase) (star_jax.io.phase_key).
 SUBSAMPLE, GENERATE, RATIONALIZE, TRAIN_DATA, TRAIN_INIT = range(5)
 
-ANSWER_MARGIN = 16  # generation cap beyond the longest true target of a digit length
 
 
 def steps_for_iteration(base_steps: int, growth: float, iteration: int) -> int:
@@ -135,16 +134,9 @@ def trim_after_answer(text: str) -> str:
 
 
 def generation_cap(problems: Sequence[Problem], max_new_tokens: int, seq_len: int) -> int:
-  """Tokens allowed for a group of problems: the longest true target + ANSWER_MARGIN, at most
-  `max_new_tokens`, and short enough that [BOS] + plain prompt + generation + '\\n' + [EOS] fits seq_len
-  (the saved example has the plain prompt, whatever prompted the generation)."""
-  longest_target = max(len(arithmetic.target_text(p)) for p in problems)
-  longest_prompt = max(len(arithmetic.prompt_text(p)) for p in problems)
-  cap = min(longest_target + ANSWER_MARGIN, max_new_tokens, seq_len - longest_prompt - 2)
-  if cap < longest_target:
-    raise ValueError(f"generation cap {cap} (star.max_new_tokens={max_new_tokens}; train.seq_len={seq_len} minus the "
-                     f"prompt) is shorter than a {problems[0].n_digits}-digit target ({longest_target}); raise them")
-  return cap
+  """Arithmetic: `ArithmeticTask.generation_cap` of Problems (the longest true target + a margin)."""
+  task = ArithmeticTask()
+  return task.generation_cap([task.example(p) for p in problems], max_new_tokens, seq_len)
 
 
 def generate_records(problems: Sequence[Problem], generate: Generate, rng: jax.Array, *, hint: bool,
@@ -159,17 +151,12 @@ def generate_records(problems: Sequence[Problem], generate: Generate, rng: jax.A
 
 def record_key(task: Task, example: Example) -> dict:
   """The fields that identify a record's question: a, b, n_digits (arithmetic) or group + the Example."""
-  if isinstance(task, ArithmeticTask):
-    p = task.problem(example)
-    return {"a": p.a, "b": p.b, "n_digits": p.n_digits}
-  return {"group": example.group, "example": example.to_json()}
+  return task.record_key(example)
 
 
 def record_example(task: Task, record: Mapping) -> Example:
   """The Example a saved record was generated for (inverse of `record_key`)."""
-  if isinstance(task, ArithmeticTask):
-    return task.example(record_problem(record))
-  return Example.from_json(record["example"])
+  return task.example_from_record(record)
 
 
 def record_group(record: Mapping) -> int:
@@ -191,7 +178,6 @@ def generate_task_records(task: Task, examples: Sequence[Example], generate: Gen
   for i, e in enumerate(examples):
     by_group.setdefault(e.group, []).append(i)
   records: list[dict | None] = [None] * len(examples)
-  arithmetic_task = isinstance(task, ArithmeticTask)
   for group_id in sorted(by_group):
     group = [examples[i] for i in by_group[group_id]]
     texts = generate([task.few_shot_prompt(e, exemplars, hint=hint) for e in group], cap(group),
@@ -200,9 +186,7 @@ def generate_task_records(task: Task, examples: Sequence[Example], generate: Gen
       raise ValueError(f"generator returned {len(texts)} texts for {len(group)} prompts")
     for i, e, text in zip(by_group[group_id], group, texts):
       text = cut_at_stop(text, task.stop_strings)
-      record = {**record_key(task, e), "prompt": task.prompt(e), "target": task.trim(text)}
-      if not arithmetic_task:  # (the arithmetic record format predates this field)
-        record["predicted"] = task.extract_answer(text)
+      record = {**task.record_key(e), "prompt": task.prompt(e), "target": task.trim(text), **task.record_extra(text)}
       record.update(correct=bool(task.is_correct(e, text)), source="rationalized" if hint else "generated")
       records[i] = record
   return records  # type: ignore[return-value]

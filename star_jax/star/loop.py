@@ -203,17 +203,13 @@ def _eval_phase(ctx: _Context, n: int, params_fn) -> dict:
     return io.read_json(path)
   t0 = time.perf_counter()
   cfg, task = ctx.cfg, ctx.task
-  if star_tasks.is_arithmetic(cfg):
-    problems = {k: [task.problem(e) for e in examples] for k, examples in ctx.tests.items()}
-    accuracy = evaluate.arithmetic_accuracy(cfg.model, params_fn(), ctx.tokenizer, problems, mesh=ctx.mesh,
-                                            batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens)
-    train_lengths = range(1, cfg.data.max_train_digits + 1)
-    accuracy["acc_train_lengths"] = evaluate.pooled_accuracy(accuracy, {k: len(ctx.tests[k]) for k in train_lengths})
-  elif ctx.tests:
+  if ctx.tests:
     accuracy = evaluate.task_accuracy(cfg.model, params_fn(), ctx.tokenizer, task, ctx.tests, mesh=ctx.mesh,
                                       batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-                                      exemplars=ctx.data.exemplars[:cfg.eval.num_shots], stop_sequences=ctx.stops,
-                                      group_name=functools.partial(star_tasks.group_name, task))
+                                      exemplars=ctx.data.exemplars[:cfg.eval.num_shots], stop_sequences=ctx.stops)
+    if star_tasks.is_arithmetic(cfg):  # the lengths D has questions of
+      train_lengths = range(1, cfg.data.max_train_digits + 1)
+      accuracy["acc_train_lengths"] = evaluate.pooled_accuracy(accuracy, {k: len(ctx.tests[k]) for k in train_lengths})
   else:
     accuracy = {}  # no held-out split given
   result = {"accuracy": accuracy, "seconds": time.perf_counter() - t0}

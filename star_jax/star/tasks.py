@@ -51,7 +51,7 @@ def is_arithmetic(cfg: StarExperimentConfig) -> bool:
 
 def group_name(task: Task, group: int) -> str:
   """The suffix of per-group metric keys: '3digit' for arithmetic (acc_3digit), 'group<g>' otherwise."""
-  return f"{group}digit" if isinstance(task, tasks.ArithmeticTask) else f"group{group}"
+  return task.group_name(group)
 
 
 def tokenizer_and_mesh(cfg: StarExperimentConfig):
@@ -133,24 +133,9 @@ def load_task_data(cfg: StarExperimentConfig, workdir: str) -> TaskData:
 
 
 def generation_cap(cfg: StarExperimentConfig, task: Task, tokenizer) -> Callable[[list[Example]], int]:
-  """The generation cap of a group of examples during generation/rationalization.
-
-  Arithmetic: star_data.generation_cap (the longest true scratchpad + a margin). Other tasks:
-  star.max_new_tokens, lowered so that [BOS] + plain prompt + generation + '\\n' + [EOS] fits
-  train.seq_len (the saved example has the plain prompt, whatever prompted the generation).
-  """
-  star, seq_len = cfg.star, cfg.train.seq_len
-  if isinstance(task, tasks.ArithmeticTask):
-    return lambda group: sd.generation_cap([task.problem(e) for e in group], star.max_new_tokens, seq_len)
-
-  def cap(group: list[Example]) -> int:
-    longest, example = max((len(tokenizer.encode(task.prompt(e))), e.id) for e in group)
-    out = min(star.max_new_tokens, seq_len - longest - 3)
-    if out < 1:
-      raise ValueError(f"config.train.seq_len={seq_len} leaves no room for a rationale after the {longest}-token "
-                       f"prompt of example {example!r}; raise it")
-    return out
-  return cap
+  """The generation cap of a group of examples during generation/rationalization (`Task.generation_cap`
+  with star.max_new_tokens and train.seq_len)."""
+  return lambda group: task.generation_cap(group, cfg.star.max_new_tokens, cfg.train.seq_len, tokenizer)
 
 
 def stop_sequences(tokenizer, stop_strings: Sequence[str]) -> tuple[tuple[int, ...], ...]:
