@@ -248,7 +248,7 @@ def changed_fields(saved: Mapping[str, Any], cfg, sections: Sequence[str],
   default. A name in `sections` may also be a plain top-level field (e.g. hf_path), reported as
   `config.<labels[name]>`. `ignored` holds (section, key) pairs that may change between runs of one workdir."""
   current = json.loads(json.dumps(dataclasses.asdict(cfg)))
-  top_defaults = json.loads(json.dumps(field_defaults(type(cfg))))
+  top_defaults = json.loads(json.dumps(field_defaults(type(cfg)), default=dataclasses.asdict))  # (sections: dicts)
   labels = labels or {}
   differ = []
   for section in sections:

@@ -19,6 +19,7 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: a full experiment; skipped unless --run-slow is given")
+  config.addinivalue_line("markers", "e2e: whole loops, notebooks, subprocess/multi-host runs (the end-to-end tier)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -20,7 +20,7 @@ jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processe
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: `tests` imports
 from tests.test_train import MODEL, TRAIN, make_batch  # noqa: E402
 
 from star_jax import checkpoint, sharding, train  # noqa: E402

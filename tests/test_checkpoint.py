@@ -9,15 +9,15 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from star_jax import checkpoint, sharding, train
 from star_jax.config import experiment_from_config
 
 from experiments.configs import arithmetic as arithmetic_config
+from tests.test_train import MESHES, MODEL, TRAIN, run_steps
 
-from tests.test_train import MESHES, MODEL, TRAIN, run_steps  # noqa: E402
-
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs", "arithmetic.py")
+CONFIG = arithmetic_config.__file__
 TINY_OVERRIDES = ["--config.train.steps=16", "--config.checkpoint.every_steps=4", "--config.checkpoint.keep=10"]
 
 
@@ -37,6 +37,7 @@ def _final_params(workdir):
   return jax.device_get(state.params)
 
 
+@pytest.mark.e2e
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
   data_dir = tmp_path / "data"
   cmd, env = _main(tmp_path / "straight", data_dir)
@@ -68,6 +69,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
   assert logged[-1] == 16
 
 
+@pytest.mark.e2e
 def test_bad_override_names_the_key(tmp_path):
   cmd, env = _main(tmp_path / "bad", tmp_path / "data", ["--config.train.lrr=0.1"])
   out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)

@@ -36,6 +36,7 @@ def _transparent_huge_pages_always() -> bool:
     return False
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the settings are glibc mallopt(3) parameters")
 @pytest.mark.skipif(_transparent_huge_pages_always(), reason="THP `always`: the default costs few faults to compare")
 def test_reused_buffers_are_not_page_faulted_every_step():

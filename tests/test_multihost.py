@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import optax
 import portpicker
+import pytest
 
 from star_jax import train
 
@@ -16,6 +17,7 @@ from tests.test_train import MESHES, run_steps
 WORKER = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
 
 
+@pytest.mark.e2e
 def test_two_processes_match_single_process(tmp_path):
   port = portpicker.pick_unused_port()
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS",)}

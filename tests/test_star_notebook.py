@@ -5,11 +5,13 @@ import json
 import os
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 COLAB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "colab")
 
 
+@pytest.mark.e2e
 def test_star_notebook_runs(tmp_path, monkeypatch):
   monkeypatch.setenv("STAR_JAX_NOTEBOOK_SCALE", "tiny")  # the convention of tests/test_notebooks.py
   monkeypatch.setenv("STAR_JAX_REPO", os.path.abspath(os.path.join(COLAB, "..")))

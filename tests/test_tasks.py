@@ -2,12 +2,11 @@
 verifiers.py exactly (and trim == the STaR loop's star_data.trim_after_answer)."""
 
 import dataclasses
-import importlib.util
-import os
 
 import numpy as np
 import pytest
 
+from experiments.configs import star_commonsense_qa, star_gsm8k
 from star_jax.star import data as star_data
 from star_jax.data import arithmetic, verifiers
 from star_jax.data.arithmetic import Problem
@@ -15,7 +14,6 @@ from star_jax.data.arithmetic_tfds import build_arithmetic
 from star_jax.data.tasks import ArithmeticTask, Example, Task, get_task, task_names
 
 TASK = ArithmeticTask()
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _problems():
@@ -164,16 +162,9 @@ def test_arithmetic_from_tfds_features(tmp_path):
 
 # ---- the STaR configs for pretrained checkpoints ----
 
-def _load_config(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "experiments", "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-@pytest.mark.parametrize("name,task", [("star_gsm8k", "gsm8k"), ("star_commonsense_qa", "commonsense_qa")])
-def test_pretrained_star_configs(name, task):
-  module = _load_config(name)
+@pytest.mark.parametrize("module,task", [(star_gsm8k, "gsm8k"), (star_commonsense_qa, "commonsense_qa")],
+                         ids=["star_gsm8k", "star_commonsense_qa"])
+def test_pretrained_star_configs(module, task):
   for arg in ("", "tiny"):
     c = module.get_config(arg)
     assert c.data.task == task and get_task(c.data.task).name == task

@@ -217,15 +217,15 @@ def save_spec(directory: str, model_config: ModelConfig, head_config: HeadConfig
 
 def load_reward_model(directory: str, mesh: Mesh) -> tuple[ModelConfig, HeadConfig, dict]:
   """(model config, head config, params on `mesh`) of a trained reward model: a directory with checkpoints/
-  and reward_model.json, as `prm_experiment` writes them (e.g. runs/prm_arithmetic/prm)."""
+  and reward_model.json, as experiments/prm_arithmetic/study.py writes them (e.g. runs/prm_arithmetic/prm)."""
   spec_path = os.path.join(directory, SPEC_FILE)
   if not os.path.exists(spec_path):
     raise FileNotFoundError(f"{spec_path} not found: a reward-model directory needs {SPEC_FILE} next to its "
-                            "checkpoints/ (experiments/prm_arithmetic/study.py writes both; prm.train.save_spec writes the file)")
+                            "checkpoints/ (experiments/prm_arithmetic/study.py writes both; prm.train.save_spec the file)")
   spec = io.read_json(spec_path)
-  model_config = config_lib.dataclass_from_mapping(ModelConfig, spec["model"], f"{spec_path}:model")
-  head_config = config_lib.dataclass_from_mapping(HeadConfig, spec["head"], f"{spec_path}:head")
-  train_config = config_lib.dataclass_from_mapping(config_lib.TrainConfig, spec["train"], f"{spec_path}:train")
+  model_config = config_lib.from_mapping(ModelConfig, spec["model"], f"{spec_path}:model")
+  head_config = config_lib.from_mapping(HeadConfig, spec["head"], f"{spec_path}:head")
+  train_config = config_lib.from_mapping(config_lib.TrainConfig, spec["train"], f"{spec_path}:train")
   abstract, _ = reward_state_shardings(model_config, head_config, train.make_optimizer(train_config), mesh)
   with checkpoint.Checkpointer(os.path.join(directory, "checkpoints")) as ckpt:
     if ckpt.latest_step() is None:

@@ -11,13 +11,17 @@ import numpy as np
 import optax
 import pytest
 
-from star_jax import losses, models, sharding
+from star_jax import checkpoint, io, models, sampling, sharding, train
+from star_jax.data import CharTokenizer
+from star_jax.data.tasks import ArithmeticTask
+from star_jax.pg import objectives, rewards
 from star_jax.pg import advantages
 from star_jax.pg import kl
 from star_jax.pg import step as pg_step
 from star_jax.pg import loop as rl
 from star_jax.pg import config as rl_config
-from star_jax.star import data as star_data
+from star_jax.star import tasks as star_tasks
+from tests import toy_task
 from star_jax.config import TrainConfig
 from star_jax.data import arithmetic
 
@@ -46,10 +50,8 @@ def test_config_errors_name_the_key():
   with pytest.raises(ValueError, match="config.rl.ppo_epochs must be an int, got 1.5"):
     rl_config.rl_experiment_from_config(d)
   cfg = rl_config.rl_experiment_from_config(pg_star_arithmetic.get_config("tiny"))
-  with pytest.raises(ValueError, match="config.data.task must be 'arithmetic' in an RL experiment"):
-    dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, task="gsm8k", train_path="/x.jsonl"), hf_path="/x")
-  with pytest.raises(ValueError, match="config.model.hf_path must be empty in an RL experiment"):
-    dataclasses.replace(cfg, hf_path="/x")
+  with pytest.raises(ValueError, match="config.kind must be 'pg'"):
+    dataclasses.replace(cfg, kind="star")
   c = pg_star_arithmetic.get_config("tiny")
   c.rl.kl_beta = 0.1
   with pytest.raises(ValueError, match="unknown config key.*config.rl.kl_beta"):
@@ -147,7 +149,7 @@ def sharded(step_setup):
 
 def test_sharded_step_equals_the_pure_loss_composed_by_hand_on_one_device(step_setup, sharded):
   """Two RL steps on 8 devices (params split over fsdp x tensor, rows over data x fsdp), each = 2 epochs x
-  2 minibatches of SGD on losses.policy_gradient_loss (clipped, k3 in the loss, token_mean) with
+  2 minibatches of SGD on objectives.policy_gradient_loss (clipped, k3 in the loss, token_mean) with
   advantages over groups of 4, then the adaptive β update: reproduced by hand, unsharded, on one device."""
   params, ref, batch = step_setup
   jb = {k: jnp.asarray(v) for k, v in batch.items()}
@@ -160,7 +162,7 @@ def test_sharded_step_equals_the_pure_loss_composed_by_hand_on_one_device(step_s
     def loss(p):
       mb = {k: v[rows] for k, v in jb.items()}
       logps = pg_step.response_logps(MODEL, p, mb, RL.temperature)[0]
-      num, den, aux = losses.policy_gradient_loss(logps, mb["old_logps_BxT"], mb["loss_mask_BxT"], adv[rows],
+      num, den, aux = objectives.policy_gradient_loss(logps, mb["old_logps_BxT"], mb["loss_mask_BxT"], adv[rows],
                                                   clip_eps=RL.clip_eps, normalisation="token_mean",
                                                   ref_logps_BxT=ref_logps[rows], kl_coef=beta, kl_estimator="k3")
       return num / den, aux
@@ -210,16 +212,17 @@ def test_reference_logps_only_when_beta_positive(step_setup, monkeypatch):
 
 def test_process_reward_counts_the_steps_before_the_first_error():
   """R = 1(ŷ = y) + w · (#steps right before the first error) / S, by hand for 152 + 702 (S = 7 steps)."""
-  p = arithmetic.Problem(152, 702)
+  task = ArithmeticTask()
+  p = task.example(arithmetic.Problem(152, 702))
   right = "<scratch>\n1 5 2 + 7 0 2 , C: 0\n5 + 0 , 4 C: 0\n1 + 7 , 5 4 C: 0\n, 8 5 4 C: 0\n0 8 5 4\n</scratch>\n8 5 4\n"
-  reward = rl.step_rewarded(0.5)
+  reward, outcome = rewards.step_rewarded(task, 0.5), rewards.outcome_reward(task)
   assert reward(p, right) == pytest.approx(1.0 + 0.5)
   wrong_step_2 = right.replace("5 + 0 , 4 C: 0", "5 + 0 , 3 C: 0")  # the answer line is still right
   assert reward(p, wrong_step_2) == pytest.approx(1.0 + 0.5 * 1 / 7)
   wrong_answer = right.replace("</scratch>\n8 5 4", "</scratch>\n8 5 5")
   assert reward(p, wrong_answer) == pytest.approx(0.0 + 0.5 * 6 / 7)
-  assert reward(p, "") == rl.outcome_reward(p, "") == 0.0
-  assert rl.outcome_reward(p, wrong_step_2) == 1.0
+  assert reward(p, "") == outcome(p, "") == 0.0
+  assert outcome(p, wrong_step_2) == 1.0
 
 
 def test_the_loop_learns_a_dense_reward(tmp_path):
@@ -231,9 +234,9 @@ def test_the_loop_learns_a_dense_reward(tmp_path):
     del problem
     return text.count("7") / max(len(text), 1)
 
-  rl.run(cfg, str(tmp_path / "run"), init_params(cfg.model, 0), reward=rl.per_sample(sevens))
-  rewards = [r["reward"] for r in star_data.read_jsonl(str(tmp_path / "run" / "rl_metrics.jsonl"))]
-  assert max(rewards[:3]) < 0.05 and min(rewards[-3:]) > 0.5, rewards
+  rl.run(cfg, str(tmp_path / "run"), init_params(cfg.model, 0), reward=rewards.per_sample(sevens))
+  logged = [r["reward"] for r in io.read_jsonl(str(tmp_path / "run" / "rl_metrics.jsonl"))]
+  assert max(logged[:3]) < 0.05 and min(logged[-3:]) > 0.5, logged
 
 
 def parity_reward(problem, text):
@@ -256,7 +259,7 @@ def straight(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("rl_straight")
   cfg = tiny_config(data_dir, kl_coef=0.05)
   base = init_params(cfg.model, 0)
-  records = rl.run(cfg, str(workdir), base, reward=rl.per_sample(parity_reward))
+  records = rl.run(cfg, str(workdir), base, reward=rewards.per_sample(parity_reward))
   return {"cfg": cfg, "base": base, "workdir": workdir, "data_dir": data_dir, "records": records}
 
 
@@ -269,9 +272,9 @@ def _no_timing(records):
 
 
 def _final_params(cfg, workdir):
-  tx, _, _ = rl._compiled(cfg.model, cfg.train, cfg.rl, sharding.make_mesh(cfg.mesh.axes))
+  tx = train.make_optimizer(pg_step.optimizer_config(cfg.train, cfg.rl))
   abstract, _ = pg_step.state_shardings(cfg.model, tx, sharding.make_mesh(cfg.mesh.axes))
-  with rl.checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+  with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
     state, host = ckpt.restore(abstract)
   return jax.device_get(state), host
 
@@ -282,7 +285,7 @@ def test_records_files_and_metrics(straight):
   assert records[0]["kl_to_base"] == pytest.approx(0.0, abs=1e-5) and records[-1]["kl_to_base"] > 0
   tokens = [r["sampled_tokens"] for r in records]
   assert tokens[0] == 0 and tokens[1] < tokens[2]
-  train_records = rl.sd.read_jsonl(os.path.join(workdir, "rl_metrics.jsonl"))
+  train_records = io.read_jsonl(os.path.join(workdir, "rl_metrics.jsonl"))
   assert [r["step"] for r in train_records] == [1, 2, 3, 4]
   for r in train_records:
     assert {"reward", "accuracy", "kl", "kl_coef", "entropy", "response_length", "clip_fraction",
@@ -290,7 +293,7 @@ def test_records_files_and_metrics(straight):
     assert all(np.isfinite(v) for v in r.values())
     assert r["approx_kl_old"] < 1e-6  # the sampler's log-probs are the trained policy's (ratio 1)
   assert train_records[-1]["sampled_tokens"] == records[-1]["sampled_tokens"]
-  assert rl.sd.read_jsonl(os.path.join(workdir, "rl_eval.jsonl")) == records
+  assert io.read_jsonl(os.path.join(workdir, "rl_eval.jsonl")) == records
   report = open(os.path.join(workdir, "rl_report.md"), encoding="utf-8").read()
   assert "| step | sampled tokens |" in report and f"| 4 | {tokens[2]} |" in report
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "logs")))
@@ -299,20 +302,25 @@ def test_records_files_and_metrics(straight):
 
 
 def test_sampler_logps_match_the_update_forward(straight):
-  cfg = straight["cfg"]
-  ctx = rl._setup(cfg, str(straight["workdir"]))
-  tx, _, logps_fn = rl._compiled(cfg.model, cfg.train, cfg.rl, ctx.mesh)
-  params = jax.device_put(straight["base"], pg_step.state_shardings(cfg.model, tx, ctx.mesh)[1].train.params)
-  prompt_ids, out = rl._sample(ctx, params, ctx.questions[:4], jax.random.key(5))
+  """The sampler's per-token log-probs (π_old of the update) equal the update's own forward pass on the same rows."""
+  cfg, task = straight["cfg"], ArithmeticTask()
+  mesh, tok = sharding.make_mesh(cfg.mesh.axes), CharTokenizer()
+  logps_fn = pg_step.compile_response_logps(cfg.model, cfg.rl.temperature, mesh)
+  tx = train.make_optimizer(pg_step.optimizer_config(cfg.train, cfg.rl))
+  params = jax.device_put(straight["base"], pg_step.state_shardings(cfg.model, tx, mesh)[1].train.params)
+  examples = [task.example(arithmetic.Problem(a, b)) for a, b in ((3, 4), (12, 57), (8, 9), (40, 33))]
+  prompt_ids = [tok.encode(task.prompt(e), add_bos=True) for e in examples for _ in range(4)]
+  tokens_BxP, lengths_B = sampling.left_pad(prompt_ids, tok.pad_id)
+  out = sampling.sample(cfg.model, params, sharding.shard_global_batch(tokens_BxP, mesh),
+                        sharding.shard_global_batch(lengths_B, mesh), jax.random.key(5),
+                        cfg=sampling.SamplingConfig(max_new_tokens=48, temperature=cfg.rl.temperature),
+                        eos_id=tok.eos_id, pad_id=tok.pad_id)
   tokens, lengths, logps = sharding.to_host((out.tokens_BxN, out.lengths_B, out.logps_BxN))
   batch = rl.build_batch(prompt_ids, tokens, lengths, logps, np.zeros(16), cfg.train.seq_len)
-  recomputed = np.asarray(logps_fn(params, {k: sharding.shard_global_batch(v, ctx.mesh) for k, v in batch.items()}))
+  recomputed = np.asarray(logps_fn(params, {k: sharding.shard_global_batch(v, mesh) for k, v in batch.items()}))
   mask = batch["loss_mask_BxT"] > 0
   assert mask.sum() == lengths.sum() > 0
   np.testing.assert_allclose(recomputed[mask], batch["old_logps_BxT"][mask], atol=1e-4)
-  texts = [ctx.tokenizer.decode(tokens[i, :lengths[i]]) for i in range(16)]
-  assert all(arithmetic.prompt_text(p) in ctx.tokenizer.decode(ids) for p, ids in
-             zip([p for p in ctx.questions[:4] for _ in range(4)], prompt_ids)) and len(texts) == 16
 
 
 class _Crash(Exception):
@@ -331,11 +339,11 @@ def test_crashed_run_resumes_to_the_uninterrupted_result(straight, tmp_path, mon
 
   with monkeypatch.context() as mp, pytest.raises(_Crash):
     mp.setattr(rl.checkpoint.Checkpointer, "save", save_then_crash)
-    rl.run(cfg, workdir, base, reward=rl.per_sample(parity_reward))
-  assert [r["step"] for r in rl.sd.read_jsonl(os.path.join(workdir, "rl_eval.jsonl"))] == [0, 2]
-  records = rl.run(cfg, workdir, base, reward=rl.per_sample(parity_reward))
+    rl.run(cfg, workdir, base, reward=rewards.per_sample(parity_reward))
+  assert [r["step"] for r in io.read_jsonl(os.path.join(workdir, "rl_eval.jsonl"))] == [0, 2]
+  records = rl.run(cfg, workdir, base, reward=rewards.per_sample(parity_reward))
   assert _no_timing(records) == _no_timing(straight["records"])
-  metrics = [rl.sd.read_jsonl(os.path.join(w, "rl_metrics.jsonl")) for w in (workdir, str(straight["workdir"]))]
+  metrics = [io.read_jsonl(os.path.join(w, "rl_metrics.jsonl")) for w in (workdir, str(straight["workdir"]))]
   assert _no_timing(metrics[0]) == _no_timing(metrics[1])
   (state, host), (want, want_host) = _final_params(cfg, workdir), _final_params(cfg, str(straight["workdir"]))
   assert host["sampled_tokens"] == want_host["sampled_tokens"]
@@ -348,7 +356,37 @@ def test_resuming_with_another_config_is_refused_and_token_budget_stops(straight
   with pytest.raises(ValueError, match=r"config.rl.lr: 0.001 -> 0.002"):
     rl.run(tiny_config(straight["data_dir"], kl_coef=0.05, lr=2e-3), str(straight["workdir"]), straight["base"])
   records = rl.run(tiny_config(straight["data_dir"], kl_coef=0.05, token_budget=1), str(tmp_path), straight["base"],
-                   reward=rl.per_sample(parity_reward))
+                   reward=rewards.per_sample(parity_reward))
   assert [r["step"] for r in records] == [0, 1]  # one step sampled more than 1 token: stop, evaluate, save
-  first_step = rl.sd.read_jsonl(os.path.join(straight["workdir"], "rl_metrics.jsonl"))[0]
+  first_step = io.read_jsonl(os.path.join(straight["workdir"], "rl_metrics.jsonl"))[0]
   assert records[1]["sampled_tokens"] == first_step["sampled_tokens"]
+
+
+# ---- a second task: the loop and its rewards see a task only through data.tasks.Task ----
+
+def test_exact_step_reward_of_a_toy_task_by_hand():
+  """The config's reward for a non-arithmetic task with exact step checks: R = 1(ŷ = y) + w · (steps right
+  before the first error) / S, S = n + 1 lines."""
+  cfg = tiny_config("/unused", process_reward=0.5)
+  task = toy_task.CountTask()
+  reward = rewards.default_reward(cfg.rl, task, sharding.make_mesh(cfg.mesh.axes), CharTokenizer(), 129)
+  three = toy_task.example(3)
+  texts = ["1\n2\n3\nso 3\n", "1\n2\n4\nso 3\n", "1\n2\n3\nso 4\n", "garbage"]
+  np.testing.assert_allclose(reward([three] * 4, texts), [1 + 0.5, 1 + 0.5 * 2 / 4, 0 + 0.5 * 3 / 4, 0.0])
+
+
+def test_the_loop_runs_a_toy_task_given_as_task_data(tmp_path):
+  """pg.run on "count to n" (tests/toy_task.py) with its exact dense reward: held-out accuracy per group
+  under the task's group names, the train groups pooled, every logged value finite."""
+  task = toy_task.CountTask()
+  data = star_tasks.TaskData(task, None, [toy_task.example(n) for n in range(1, 9)],
+                             {1: [toy_task.example(n) for n in (2, 3)], 2: [toy_task.example(n) for n in (6, 7)]}, [])
+  cfg = tiny_config(tmp_path / "data", process_reward=0.5)
+  records = rl.run(cfg, str(tmp_path / "run"), init_params(cfg.model, 0), task_data=data)
+  assert [r["step"] for r in records] == [0, 2, 4]
+  assert {"acc_group1", "acc_group2", "acc_overall", "acc_train_lengths", "kl_to_base"} <= set(records[-1])
+  assert records[-1]["acc_train_lengths"] == pytest.approx((records[-1]["acc_group1"] + records[-1]["acc_group2"]) / 2)
+  train_records = io.read_jsonl(os.path.join(tmp_path, "run", "rl_metrics.jsonl"))
+  assert len(train_records) == 4 and all(np.isfinite(v) for r in train_records for v in r.values())
+  assert "| step | sampled tokens | train lengths | all | group1 | group2 |" in open(
+      os.path.join(tmp_path, "run", "rl_report.md"), encoding="utf-8").read()

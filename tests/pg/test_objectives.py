@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from star_jax import losses
+from star_jax.pg import objectives
 from star_jax.pg import advantages
 from star_jax.pg import kl
 
@@ -59,7 +59,7 @@ def test_on_policy_loss_and_gradient_hand_computed(normalisation, value, grad_ro
   advantages_B = jnp.asarray([1.0, -1.0])
 
   def loss(logps):
-    num, den, _ = losses.policy_gradient_loss(logps, logps, TWO_ROWS["mask_BxT"], advantages_B,
+    num, den, _ = objectives.policy_gradient_loss(logps, logps, TWO_ROWS["mask_BxT"], advantages_B,
                                               normalisation=normalisation)
     return num / den
 
@@ -70,12 +70,12 @@ def test_on_policy_loss_and_gradient_hand_computed(normalisation, value, grad_ro
 
 def test_star_policy_gradient_loss_hand_computed_and_equal_to_general_loss():
   rewards = jnp.asarray([1.0, 0.0])
-  got = losses.star_policy_gradient_loss(TWO_ROWS["logps_BxT"], TWO_ROWS["mask_BxT"], rewards)
+  got = objectives.star_policy_gradient_loss(TWO_ROWS["logps_BxT"], TWO_ROWS["mask_BxT"], rewards)
   assert float(got) == pytest.approx(-LOG(0.125) / 2, rel=1e-6)  # -(1 * log(.5 * .25) + 0) / 2
-  star_grad = jax.grad(losses.star_policy_gradient_loss)(TWO_ROWS["logps_BxT"], TWO_ROWS["mask_BxT"], rewards)
+  star_grad = jax.grad(objectives.star_policy_gradient_loss)(TWO_ROWS["logps_BxT"], TWO_ROWS["mask_BxT"], rewards)
 
   def general(logps):
-    num, den, _ = losses.policy_gradient_loss(logps, logps, TWO_ROWS["mask_BxT"], rewards)
+    num, den, _ = objectives.policy_gradient_loss(logps, logps, TWO_ROWS["mask_BxT"], rewards)
     return num / den
   np.testing.assert_allclose(np.asarray(jax.grad(general)(TWO_ROWS["logps_BxT"])), np.asarray(star_grad), atol=1e-7)
 
@@ -88,7 +88,7 @@ def test_ppo_clipping_hand_computed():
   mask, adv = jnp.ones((2, 4)), jnp.asarray([1.0, -1.0])
 
   def loss(lp):
-    num, den, aux = losses.policy_gradient_loss(lp, old, mask, adv, clip_eps=0.2)
+    num, den, aux = objectives.policy_gradient_loss(lp, old, mask, adv, clip_eps=0.2)
     return num / den, aux
 
   (value, aux), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(logps)
@@ -102,7 +102,7 @@ def test_ppo_clipping_hand_computed():
 def test_kl_in_loss_hand_computed():
   logps = jnp.asarray([[LOG(0.5), LOG(0.25)]])
   ref = jnp.asarray([[LOG(0.25), LOG(0.5)]])
-  num, den, aux = losses.policy_gradient_loss(logps, logps, jnp.ones((1, 2)), jnp.zeros(1), ref_logps_BxT=ref,
+  num, den, aux = objectives.policy_gradient_loss(logps, logps, jnp.ones((1, 2)), jnp.zeros(1), ref_logps_BxT=ref,
                                               kl_coef=0.1, kl_estimator="k3")
   k3_sum = (0.5 - 1 + LOG(2)) + (2 - 1 - LOG(2))
   assert float(num / den) == pytest.approx(0.1 * k3_sum, rel=1e-5)
@@ -120,16 +120,16 @@ def test_nan_logps_empty_rows_and_empty_batches_give_finite_loss():
   ref = jnp.zeros((4, 3)).at[2, 1].set(-jnp.inf).at[1, 2].set(jnp.nan)
   mask = jnp.asarray([[1.0, 1, 1], [1, 1, 0], [1, 1, 0], [0, 0, 0]])
   adv = jnp.asarray([1.0, -1.0, 1.0, 1.0])
-  for normalisation in losses.NORMALISATIONS:
+  for normalisation in objectives.NORMALISATIONS:
     def loss(lp):
-      num, den, aux = losses.policy_gradient_loss(lp, old, mask, adv, clip_eps=0.2, normalisation=normalisation,
+      num, den, aux = objectives.policy_gradient_loss(lp, old, mask, adv, clip_eps=0.2, normalisation=normalisation,
                                                   ref_logps_BxT=ref, kl_coef=0.5)
       return num / jnp.maximum(den, 1.0), aux
     (value, aux), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(logps)
     assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad))), normalisation
     assert float(aux["dropped_rows"]) == 2 and float(aux["tokens"]) == 2  # only row 1 remains
     np.testing.assert_array_equal(np.asarray(grad)[[0, 2, 3]], 0.0)
-  num, den, _ = losses.policy_gradient_loss(logps, old, jnp.zeros((4, 3)), adv, normalisation="token_mean")
+  num, den, _ = objectives.policy_gradient_loss(logps, old, jnp.zeros((4, 3)), adv, normalisation="token_mean")
   assert float(num) == 0 and float(den) == 0  # an empty batch: 0 / max(0, 1) = 0 in the step
 
 
@@ -139,14 +139,14 @@ def test_all_equal_rewards_give_zero_gradient(name):
   adv = advantages.compute(name, jnp.ones((1, 4)))[0]
 
   def loss(lp):
-    num, den, _ = losses.policy_gradient_loss(lp, lp, jnp.ones((4, 3)), adv)
+    num, den, _ = objectives.policy_gradient_loss(lp, lp, jnp.ones((4, 3)), adv)
     return num / den
   np.testing.assert_array_equal(np.asarray(jax.jit(jax.grad(loss))(logps)), np.zeros((4, 3)))
 
 
 def test_unknown_normalisation_raises():
   with pytest.raises(ValueError, match="unknown normalisation 'mean'"):
-    losses.policy_gradient_loss(jnp.zeros((1, 2)), jnp.zeros((1, 2)), jnp.ones((1, 2)), jnp.ones(1),
+    objectives.policy_gradient_loss(jnp.zeros((1, 2)), jnp.zeros((1, 2)), jnp.ones((1, 2)), jnp.ones(1),
                                 normalisation="mean")
 
 
@@ -210,7 +210,7 @@ def expected_gradient(theta, *, advantage="none", normalisation="sequence_sum", 
       rewards_K = rewards_K - kl_coef * jnp.sum(kl.get_estimator(kl_estimator)(
           jax.lax.stop_gradient(logps_KxT), ref_logps_SxT[idx_K]) * mask_KxT, axis=1)
     adv_K = advantages.compute(advantage, rewards_K[None])[0]
-    num, den, _ = losses.policy_gradient_loss(
+    num, den, _ = objectives.policy_gradient_loss(
         logps_KxT, old_KxT, mask_KxT, adv_K, clip_eps=clip_eps, normalisation=normalisation,
         ref_logps_BxT=ref_logps_SxT[idx_K] if kl_mode == "loss" else None, kl_coef=kl_coef,
         kl_estimator=kl_estimator)
@@ -295,7 +295,7 @@ def test_k2_in_the_loss_is_exact_for_one_token_responses():
   def loss(th, a):
     logp = jax.nn.log_softmax(th)[a][None, None]
     ref = jax.nn.log_softmax(theta_ref)[a][None, None]
-    num, den, _ = losses.policy_gradient_loss(logp, jax.lax.stop_gradient(logp), jnp.ones((1, 1)),
+    num, den, _ = objectives.policy_gradient_loss(logp, jax.lax.stop_gradient(logp), jnp.ones((1, 1)),
                                               jnp.zeros(1), ref_logps_BxT=ref, kl_coef=beta, kl_estimator="k2")
     return num / den
   got = jnp.sum(p[:, None] * jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(theta, jnp.arange(V)), axis=0)
@@ -336,7 +336,7 @@ def _train(beta: jax.Array, steps: int = 300, lr: float = 0.5, batch: int = 16) 
     logps = token_logps(th)[idx]
     rewards = REWARDS_S[idx] - beta * jnp.sum(jax.lax.stop_gradient(logps) - ref_logps_SxT[idx], axis=1)
     adv = advantages.compute("rloo", rewards.reshape(2, batch // 2)).reshape(batch)
-    num, den, _ = losses.policy_gradient_loss(logps, jax.lax.stop_gradient(logps), MASK_SxT[idx], adv)
+    num, den, _ = objectives.policy_gradient_loss(logps, jax.lax.stop_gradient(logps), MASK_SxT[idx], adv)
     return num / den
 
   def step(th, key):

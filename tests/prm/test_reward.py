@@ -9,12 +9,15 @@ import jax
 import numpy as np
 import pytest
 
-from star_jax import checkpoint, models, sharding, train
+from star_jax import checkpoint, io, models, sharding, train
+from star_jax.data import CharTokenizer
+from star_jax.data.tasks import ArithmeticTask
+from star_jax.pg import rewards
+from star_jax.prm import reward as prm_reward
 from star_jax.prm import steps as prm
 from star_jax.prm import train as prm_train
 from star_jax.pg import loop as rl
 from star_jax.pg import config as rl_config
-from star_jax.star import data as star_data
 from star_jax.data import arithmetic
 from star_jax.models import HeadConfig
 
@@ -25,15 +28,15 @@ RIGHT = "<scratch>\n1 5 2 + 7 0 2 , C: 0\n5 + 0 , 4 C: 0\n1 + 7 , 5 4 C: 0\n, 8 
 
 
 def test_dense_return_hand_computed():
-  assert prm.dense_return(1.0, [1.0, 1.0, 0.5], 4, 2.0) == pytest.approx(1 + 2 * 2.5 / 4)
-  assert prm.dense_return(0.0, [1.0] * 9, 7, 0.5) == pytest.approx(0.5)  # at most S steps count
-  assert prm.dense_return(1.0, [], 7, 0.5) == 1.0
+  assert prm_reward.dense_return(1.0, [1.0, 1.0, 0.5], 4, 2.0) == pytest.approx(1 + 2 * 2.5 / 4)
+  assert prm_reward.dense_return(0.0, [1.0] * 9, 7, 0.5) == pytest.approx(0.5)  # at most S steps count
+  assert prm_reward.dense_return(1.0, [], 7, 0.5) == 1.0
   with pytest.raises(ValueError, match="expected_steps must be > 0"):
-    prm.dense_return(1.0, [1.0], 0, 1.0)
+    prm_reward.dense_return(1.0, [1.0], 0, 1.0)
   # the exact-verifier reward of the RL loop is this return over the exact step labels
   wrong = RIGHT.replace("5 + 0 , 4 C: 0", "5 + 0 , 3 C: 0")
-  assert rl.step_rewarded(0.5)(P, wrong) == pytest.approx(
-      prm.dense_return(1.0, prm.arithmetic_step_labels(P, wrong), 7, 0.5)) == pytest.approx(1 + 0.5 / 7)
+  assert rewards.step_rewarded(ArithmeticTask(), 0.5)(ArithmeticTask().example(P), wrong) == pytest.approx(
+      prm_reward.dense_return(1.0, prm.arithmetic_step_labels(P, wrong), 7, 0.5)) == pytest.approx(1 + 0.5 / 7)
 
 
 def _rl_config(tmp_path, **rl_overrides):
@@ -68,9 +71,9 @@ def test_reward_model_directory_round_trip(tmp_path):
   model_config, head_config, params = prm_train.load_reward_model(str(tmp_path / "prm"), mesh)
   assert model_config == cfg.model and head_config == HeadConfig(prm_classes=1)
   jax.tree.map(np.testing.assert_array_equal, sharding.to_host(params), sharding.to_host(saved))
-  spec = star_data.read_json(str(tmp_path / "prm" / prm_train.SPEC_FILE))
+  spec = io.read_json(str(tmp_path / "prm" / prm_train.SPEC_FILE))
   spec["head"]["prm_clases"] = 1
-  star_data.write_json(str(tmp_path / "prm" / prm_train.SPEC_FILE), spec)
+  io.write_json(str(tmp_path / "prm" / prm_train.SPEC_FILE), spec)
   with pytest.raises(ValueError, match=r"reward_model\.json:head\.prm_clases"):
     prm_train.load_reward_model(str(tmp_path / "prm"), mesh)
 
@@ -84,16 +87,17 @@ def test_learned_step_reward_by_hand_and_in_the_loop(tmp_path):
   cfg = _rl_config(tmp_path, process_reward=w, process_reward_model=str(tmp_path / "prm"), steps=2)
   mesh = sharding.make_mesh(cfg.mesh.axes)
   _save_reward_model(str(tmp_path / "prm"), cfg, mesh, head_bias=math.log(p / (1 - p)))
-  reward = rl.default_reward(cfg, mesh)
+  task = ArithmeticTask()
+  reward = rewards.default_reward(cfg.rl, task, mesh, CharTokenizer(), cfg.train.seq_len + 1)
   q = arithmetic.Problem(52, 79)  # S = 2 digits + 4 = 6 steps; fits the tiny config's 128-token rows
   right = arithmetic.target_text(q)
   extra_lines = right.replace("</scratch>\n1 3 1", "9 9\n9 9\n</scratch>\n1 3 2")  # 8 steps, wrong answer
   first_three = "\n".join(right.split("\n")[:4])  # "<scratch>" and 3 steps
   assert right.endswith("</scratch>\n1 3 1\n") and len(prm.split_steps(first_three, start_after="<scratch>")) == 3
-  got = reward([q] * 4, [right, extra_lines, first_three, "no scratchpad"])
+  got = reward([task.example(q)] * 4, [right, extra_lines, first_three, "no scratchpad"])
   np.testing.assert_allclose(got, [1 + w * p, w * p, w * 3 * p / 6, 0.0], rtol=1e-5)
   records = rl.run(cfg, str(tmp_path / "run"), jax.jit(models.init_params, static_argnums=0)(cfg.model, jax.random.key(0)))
   assert [r["step"] for r in records] == [0, 2]
-  metrics = star_data.read_jsonl(str(tmp_path / "run" / "rl_metrics.jsonl"))
+  metrics = io.read_jsonl(str(tmp_path / "run" / "rl_metrics.jsonl"))
   assert [m["step"] for m in metrics] == [1, 2]
   assert all(0.0 <= m["reward"] <= 1 + w and np.isfinite(m["loss"]) for m in metrics)

@@ -8,9 +8,12 @@ import jax
 import numpy as np
 import pytest
 
+from star_jax.prm import reward as prm_reward
 from star_jax.prm import steps as prm
 from star_jax.data import CharTokenizer, arithmetic, verifiers
 from star_jax.data.arithmetic import Problem
+from star_jax.data.tasks import get_task
+from tests import toy_task
 
 TOK = CharTokenizer()
 
@@ -188,88 +191,51 @@ def test_majority_vote_hand_computed():
 def test_process_rewards_hand_computed():
   probs = np.asarray([[0.9, 0.1, 0.8, 0.3, 0.5]], np.float32)
   mask = np.asarray([[0, 1, 0, 1, 1]], bool)
-  np.testing.assert_allclose(prm.process_rewards(probs, mask), [[0, 0.1, 0, 0.3, 0.5]], atol=1e-7)
-  delta = prm.process_rewards(probs, mask, mode="delta")
+  np.testing.assert_allclose(prm_reward.process_rewards(probs, mask), [[0, 0.1, 0, 0.3, 0.5]], atol=1e-7)
+  delta = prm_reward.process_rewards(probs, mask, mode="delta")
   np.testing.assert_allclose(delta, [[0, 0.1, 0, 0.2, 0.2]], atol=1e-7)
   assert np.isclose(float(delta.sum()), 0.5)  # telescopes to the last step's score
-  with_outcome = prm.process_rewards(probs, mask, outcome_B=np.asarray([1.0]), last_index_B=np.asarray([4]),
+  with_outcome = prm_reward.process_rewards(probs, mask, outcome_B=np.asarray([1.0]), last_index_B=np.asarray([4]),
                                      outcome_weight=2.0)
   np.testing.assert_allclose(with_outcome, [[0, 0.1, 0, 0.3, 2.5]], atol=1e-7)
   with pytest.raises(ValueError, match="last_index_B"):
-    prm.process_rewards(probs, mask, outcome_B=np.asarray([1.0]))
+    prm_reward.process_rewards(probs, mask, outcome_B=np.asarray([1.0]))
 
 
-# ---- the arithmetic study's bookkeeping (star_jax/prm_experiment.py) ----
+# ---- a second task: labelling sees a task only through data.tasks.Task ----
 
-def _study_config(variant="tiny"):
-  import os
-  import sys
-  from experiments.configs import prm_arithmetic
-  return prm_arithmetic.get_config(variant)
+def test_exact_and_monte_carlo_step_labels_of_a_toy_task():
+  """"Count to 3" (tests/toy_task.py) answered "1 2 4 so 3": exact labels stop at the first error, are placed
+  at each line's newline, and Monte-Carlo rollouts (a completer that keeps counting from the last number)
+  label the steps by whether a completion from their prefix reaches the right answer."""
+  task, three = toy_task.CountTask(), toy_task.example(3)
+  text = "1\n2\n4\nso 3\n"
+  labels = prm.task_step_labels(task, three, text)
+  assert labels == [1.0, 1.0, 0.0, 0.0]
+  steps = task.steps(text)
+  assert [s.end for s in steps] == [1, 3, 5, 10]
+  encoded = prm.encode_labelled_text(CharTokenizer(), task.prompt(three), text, [s.end for s in steps], labels)
+  first = len(task.prompt(three)) + 1  # [BOS] + prompt
+  positions = np.flatnonzero(encoded["step_mask"])
+  np.testing.assert_array_equal(positions, [first + 1, first + 3, first + 5, first + 10])
+  np.testing.assert_array_equal(encoded["step_targets"][positions], labels)
 
+  def complete(prompts, rng):
+    del rng
+    out = []
+    for prompt in prompts:
+      lines = [line for line in prompt.split(":\n", 1)[1].split("\n") if line]
+      if lines and lines[-1].startswith("so "):
+        out.append("")
+        continue
+      m = int(lines[-1]) if lines else 0
+      out.append("".join(f"{i}\n" for i in range(m + 1, 4)) + f"so {max(m, 3)}\n")
+    return out
 
-def test_study_config_and_disjoint_pools():
-  from experiments.prm_arithmetic import study as prm_experiment
-  for variant in ("", "tiny"):
-    cfg = prm_experiment.study_from_config(_study_config(variant))
-    pools = prm_experiment.problem_pools(cfg.study)
-    test, policy, reward = (set(pools[k]) for k in ("test", "policy", "reward"))
-    multi = {p for p in policy if p.n_digits >= 2}
-    assert not (test & multi) and not (test & reward) and not (multi & reward)
-    assert len(pools["test"]) == cfg.study.test_problems
-  bad = _study_config("tiny")
-  bad.study.unknown_key = 1
-  with pytest.raises(ValueError, match="config.study.unknown_key"):
-    prm_experiment.study_from_config(bad)
-
-
-def test_auc_matches_pairwise_counting():
-  from star_jax.prm_experiment import auc
-  rng = np.random.default_rng(0)
-  scores, labels = rng.integers(0, 5, 40).astype(float), rng.random(40) < 0.4
-  pos, neg = scores[labels], scores[~labels]
-  pairwise = np.mean((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :]))
-  assert math.isclose(auc(scores, labels), pairwise)
-  assert auc([0.1, 0.2], [1, 1]) is None
-
-
-def test_summarize_on_synthetic_samples():
-  from star_jax.prm_experiment import summarize
-  # 2 problems x 4 samples; the PRM's step probabilities rank the right samples first for problem 0 only
-  records, step_probs, orm = [], [], []
-  for i, (truth, correct) in enumerate([(7, [0, 1, 0, 1]), (9, [0, 0, 1, 0])]):
-    for j, ok in enumerate(correct):
-      records.append({"a": truth, "b": 0, "answer": truth if ok else 100 + j, "correct": bool(ok),
-                      "labels": [1.0, float(ok)]})
-      step_probs.append([0.9, 0.8 if (ok if i == 0 else not ok) else 0.1])
-      orm.append(0.5)
-  out = summarize(records, step_probs, orm, 4, majority_subsets=2000)
-  curves = out["best_of_n"]
-  assert curves["n"] == [1, 2, 4] and out["sample_accuracy"] == 3 / 8
-  for key in ("pass@n", "prm_product", "prm_min", "prm_last", "orm"):
-    assert math.isclose(curves[key][0], 3 / 8), key  # N = 1: any selector is a random sample
-  assert abs(curves["majority"][0] - 3 / 8) < 0.05  # (estimated from random subsets)
-  assert curves["majority"][2] == 0.5 * 1 + 0.5 * (1 / 4)  # problem 1: four answers tie at N = K
-  assert curves["prm_product"][2] == 0.5 and curves["pass@n"][2] == 1.0  # problem 0 right, problem 1 wrong
-  assert curves["orm"][2] == 0.0  # constant scores: ties go to the first sample, wrong on both
-  assert out["step_level"]["steps"] == 16 and out["step_level"]["prm_accuracy"] == 12 / 16
-
-
-@pytest.mark.slow
-def test_study_end_to_end_tiny(tmp_path):
-  """Every phase of the study on the tiny config; a second run reuses the cached phases, same results."""
-  import json
-  import os
-  from experiments.prm_arithmetic import study as prm_experiment
-  cfg = prm_experiment.study_from_config(_study_config("tiny"))
-  results = prm_experiment.run(cfg, str(tmp_path / "work"), results_dir=str(tmp_path / "results"))
-  for name in ("results.json", "report.md", "best_of_n.png", "mc_agreement.png"):
-    assert os.path.exists(tmp_path / "results" / name), name
-  k = cfg.study.test_samples
-  assert results["samples"] == cfg.study.test_problems * k and results["best_of_n"]["n"] == [1, 2, 4]
-  curves = results["best_of_n"]
-  assert all(curves["pass@n"][i] >= curves[key][i] for key in ("prm_product", "orm", "majority")
-             for i in range(3))
-  again = prm_experiment.run(cfg, str(tmp_path / "work"))
-  strip = lambda r: json.dumps({k: v for k, v in r.items() if k != "timings_seconds"}, sort_keys=True)  # noqa: E731
-  assert strip(again) == strip(results)
+  outcomes = prm.rollout_outcomes([task.prompt(three)], [prm.step_prefixes(text, steps)],
+                                  [lambda t: task.is_correct(three, t)], complete, 2, jax.random.key(0))
+  np.testing.assert_array_equal(outcomes[0], [[True, True], [True, True], [False, False], [True, True]])
+  hard, soft = prm.mc_labels(outcomes[0])
+  np.testing.assert_array_equal(hard, [1, 1, 0, 1])  # the right final answer after an error: MC says good
+  with pytest.raises(ValueError, match="no exact step checks"):
+    prm.task_step_labels(get_task("gsm8k"), three, text)

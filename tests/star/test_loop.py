@@ -14,14 +14,15 @@ import jax
 import numpy as np
 import pytest
 
-from star_jax import star
-from star_jax.star import data as star_data
-from star_jax.star.config import star_experiment_from_config
+from experiments.configs import star_arithmetic
+from star_jax import checkpoint, io, star, train
 from star_jax.data import arithmetic, verifiers
 from star_jax.data.arithmetic import Problem
+from star_jax.star import data as star_data
+from star_jax.star import tasks as star_tasks
+from star_jax.star.config import star_experiment_from_config
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-from experiments.configs import star_arithmetic
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # The end-to-end runs fine-tune a constant number of steps: one train-step compilation serves the base
@@ -169,14 +170,16 @@ def data_dir(tmp_path_factory):
 
 
 class _Spy:
-  """Wraps star.fine_tune, recording the params each fine-tuning starts from."""
+  """Wraps train.fine_tune (what the loop fine-tunes with), recording the params each fine-tuning starts from."""
 
   def __init__(self):
-    self.entering, self.real = [], star.fine_tune
+    self.entering, self.real = [], train.fine_tune
 
-  def __call__(self, cfg, mesh, tokenizer, examples, init_params, *args, **kwargs):
+  def __call__(self, model_config, train_config, checkpoint_config, mesh, tokenizer, examples, init_params, *args,
+               **kwargs):
     self.entering.append(jax.device_get(init_params))
-    return self.real(cfg, mesh, tokenizer, examples, init_params, *args, **kwargs)
+    return self.real(model_config, train_config, checkpoint_config, mesh, tokenizer, examples, init_params, *args,
+                     **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -187,27 +190,29 @@ def straight(tmp_path_factory, data_dir):
   base = star.make_base_model(cfg, str(workdir))
   spy = _Spy()
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(star, "fine_tune", spy)
+    mp.setattr(train, "fine_tune", spy)
     records = star.run(cfg, str(workdir), base, generator=oracle_generator)
   return {"workdir": workdir, "cfg": cfg, "base": base, "records": records, "entering": spy.entering}
 
 
+@pytest.mark.e2e
 def test_seed_examples_avoid_d_and_the_test_sets(straight, data_dir):
   cfg, workdir = straight["cfg"], straight["workdir"]
-  examples = star_data.read_jsonl(os.path.join(workdir, "base", "seed.jsonl"))
+  examples = io.read_jsonl(os.path.join(workdir, "base", "seed.jsonl"))
   plain = [e for e in examples if e["prompt"].endswith("Target:\n")]
   hinted = [e for e in examples if not e["prompt"].endswith("Target:\n")]
   problems = [arithmetic.parse_question(e["prompt"].split("\n")[1]) for e in plain]
   assert len(plain) == len(hinted) == 81 + cfg.star.seed_per_digit * (cfg.data.max_train_digits - 1)
   assert {p for p in problems if p.n_digits == 1} == {Problem(a, b) for a in range(1, 10) for b in range(1, 10)}
-  ctx = star._setup(cfg, str(workdir))
-  held_out = {ctx.task.problem(e) for e in ctx.questions + [e for t in ctx.tests.values() for e in t]}
-  assert len(ctx.questions) == 16 and sorted(ctx.tests) == [1, 2, 3]  # D (1-2 digits), test sets (1-3 digits)
+  data = star_tasks.load_task_data(cfg, str(workdir))  # what the loop reads: D and the held-out sets
+  held_out = {data.task.problem(e) for e in data.questions + [e for t in data.tests.values() for e in t]}
+  assert len(data.questions) == 16 and sorted(data.tests) == [1, 2, 3]  # D (1-2 digits), test sets (1-3 digits)
   assert not [p for p in problems if p.n_digits >= 2 and p in held_out]
   assert all(e["target"] == arithmetic.target_text(p) for e, p in zip(plain, problems))
   assert [e["prompt"] for e in hinted] == [arithmetic.hinted_prompt_text(p) for p in problems]
 
 
+@pytest.mark.e2e
 def test_one_digit_repeats_oversample_the_one_digit_seeds(straight, tmp_path):
   cfg = straight["cfg"]
   once = star.base_examples(cfg, str(tmp_path / "once"))
@@ -221,13 +226,14 @@ def test_one_digit_repeats_oversample_the_one_digit_seeds(straight, tmp_path):
   assert sorted(map(json.dumps, thrice)) == sorted(map(json.dumps, once + [e for e in once if count([e], 1)] * 2))
 
 
+@pytest.mark.e2e
 def test_records_report_and_plot(straight):
   records, workdir, cfg = straight["records"], straight["workdir"], straight["cfg"]
   assert [r["iteration"] for r in records] == [0, 1, 2]
   for r in records[1:]:
     n = r["iteration"]
-    generated = star_data.read_jsonl(os.path.join(workdir, f"iter_{n}", "generated.jsonl"))
-    rationalized = star_data.read_jsonl(os.path.join(workdir, f"iter_{n}", "rationalized.jsonl"))
+    generated = io.read_jsonl(os.path.join(workdir, f"iter_{n}", "generated.jsonl"))
+    rationalized = io.read_jsonl(os.path.join(workdir, f"iter_{n}", "rationalized.jsonl"))
     assert r["questions"] == len(generated) == 8 + 8  # fraction_of_D = 1: all of D, both lengths
     assert r["kept_generated"] == sum(g["correct"] for g in generated) > 0
     assert r["kept_rationalized"] == sum(g["correct"] for g in rationalized) > 0
@@ -238,7 +244,7 @@ def test_records_report_and_plot(straight):
     assert r["train_steps"] == cfg.star.base_steps  # growth 1 here (CONSTANT_STEPS)
     assert sum(r[f"kept_rationalized_{k}digit"] for k in (1, 2)) == r["kept_rationalized"]
     assert 0 <= r["acc_overall"] <= 1 and set(r) >= {"acc_1digit", "acc_3digit", "seconds_train", "seconds_eval"}
-  assert star_data.read_jsonl(os.path.join(workdir, "star_metrics.jsonl")) == records
+  assert io.read_jsonl(os.path.join(workdir, "star_metrics.jsonl")) == records
   assert os.path.getsize(os.path.join(workdir, "star_accuracy.png")) > 1000
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "logs")))
   report = open(os.path.join(workdir, "star_report.md"), encoding="utf-8").read()
@@ -246,12 +252,14 @@ def test_records_report_and_plot(straight):
   assert table[0].startswith("| iter |") and [row.split("|")[1].strip() for row in table[2:]] == ["0", "1", "2"]
 
 
+@pytest.mark.e2e
 def test_resuming_with_another_config_is_refused(straight, data_dir):
   cfg = tiny_config(data_dir, **CONSTANT_STEPS, temperature=0.7)
   with pytest.raises(ValueError, match=r"config.star.temperature: 0.0 -> 0.7"):
     star.run(cfg, str(straight["workdir"]), straight["base"])
 
 
+@pytest.mark.e2e
 def test_fine_tuning_restarts_from_the_base_model(straight):
   assert len(straight["entering"]) == 2
   for params in straight["entering"]:
@@ -259,23 +267,25 @@ def test_fine_tuning_restarts_from_the_base_model(straight):
 
 
 class _FakeFineTune:
-  """Stands in for star.fine_tune: records what it is given and returns params + 1 (M_n != M_{n-1})."""
+  """Stands in for train.fine_tune: records what it is given and returns params + 1 (M_n != M_{n-1})."""
 
   def __init__(self):
     self.entering, self.steps = [], []
 
-  def __call__(self, cfg, mesh, tokenizer, examples, init_params, num_steps, directory, **kwargs):
+  def __call__(self, model_config, train_config, checkpoint_config, mesh, tokenizer, examples, init_params, num_steps,
+               directory, **kwargs):
     self.entering.append(jax.device_get(init_params))
     self.steps.append(num_steps)
     params = jax.tree.map(lambda x: x + 1.0, init_params)
     return params, {"steps": num_steps, "examples": len(examples), "final_loss": None, "seconds": 0.0}
 
 
+@pytest.mark.e2e
 def test_without_restart_fine_tuning_continues_from_the_previous_iteration(straight, data_dir, tmp_path):
   cfg = tiny_config(data_dir, restart_from_base=False)
   fake = _FakeFineTune()
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(star, "fine_tune", fake)
+    mp.setattr(train, "fine_tune", fake)
     records = star.run(cfg, str(tmp_path), straight["base"], generator=oracle_generator)
   _assert_trees_equal(fake.entering[0], straight["base"])
   _assert_trees_equal(fake.entering[1], jax.tree.map(lambda x: x + 1.0, straight["base"]))  # = M_1
@@ -283,11 +293,12 @@ def test_without_restart_fine_tuning_continues_from_the_previous_iteration(strai
   assert fake.steps == [r["train_steps"] for r in records[1:]] == [6, 8]
 
 
+@pytest.mark.e2e
 def test_sampler_generation_and_nothing_kept(straight, data_dir, tmp_path):
   """The real KV-cache generator end to end; the barely-trained base model gets (almost) nothing right."""
   cfg = tiny_config(data_dir, iterations=1)
   records = star.run(cfg, str(tmp_path), straight["base"])
-  generated = star_data.read_jsonl(os.path.join(tmp_path, "iter_1", "generated.jsonl"))
+  generated = io.read_jsonl(os.path.join(tmp_path, "iter_1", "generated.jsonl"))
   assert len(generated) == records[1]["questions"]
   assert all(g["prompt"] == arithmetic.prompt_text(star_data.record_problem(g)) for g in generated)
   assert records[1]["train_steps"] == (0 if records[1]["train_examples"] == 0 else cfg.star.base_steps)
@@ -297,11 +308,11 @@ def test_sampler_generation_and_nothing_kept(straight, data_dir, tmp_path):
 
 _SUBPROCESS = """
 import sys
-sys.path[:0] = [{tests!r}]
-import test_star
+sys.path[:0] = [{repo!r}]
+from tests.star import test_loop
 from star_jax import star
-cfg = test_star.tiny_config({data_dir!r}, **test_star.CONSTANT_STEPS)
-star.run(cfg, {workdir!r}, star.make_base_model(cfg, {workdir!r}), generator=test_star.oracle_generator)
+cfg = test_loop.tiny_config({data_dir!r}, **test_loop.CONSTANT_STEPS)
+star.run(cfg, {workdir!r}, star.make_base_model(cfg, {workdir!r}), generator=test_loop.oracle_generator)
 """
 
 
@@ -309,13 +320,14 @@ class _Crash(Exception):
   pass
 
 
+@pytest.mark.e2e
 def test_killed_run_resumes_to_the_uninterrupted_result(straight, data_dir, tmp_path):
   """SIGKILL a run between phases, crash the re-run mid-way through fine-tuning, re-run again: the final
   parameters, files and records equal the uninterrupted run's."""
   cfg, reference = straight["cfg"], straight["workdir"]
   workdir = tmp_path / "killed"
   shutil.copytree(reference / "base", workdir / "base")  # the cached base model (make_base_model loads it)
-  code = _SUBPROCESS.format(tests=_HERE, data_dir=str(data_dir), workdir=str(workdir))
+  code = _SUBPROCESS.format(repo=REPO, data_dir=str(data_dir), workdir=str(workdir))
   log = open(tmp_path / "log.txt", "w")
   proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT)
   marker = workdir / "iter_1" / "rationalized.jsonl"  # iteration 1's data exists; its fine-tuning starts
@@ -329,7 +341,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(straight, data_dir, tmp_
   assert not (workdir / "iter_1" / "train.json").exists(), "iteration 1 finished before the kill; it proves nothing"
 
   # The re-run dies right after the step-4 checkpoint of iteration 1's fine-tuning (of 6 steps) ...
-  real_save = star.checkpoint.Checkpointer.save
+  real_save = checkpoint.Checkpointer.save
 
   def save_then_crash(self, step, state, data_state=None):
     real_save(self, step, state, data_state)
@@ -337,7 +349,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(straight, data_dir, tmp_
       raise _Crash
 
   with pytest.MonkeyPatch.context() as mp, pytest.raises(_Crash):
-    mp.setattr(star.checkpoint.Checkpointer, "save", save_then_crash)
+    mp.setattr(checkpoint.Checkpointer, "save", save_then_crash)
     star.run(cfg, str(workdir), star.make_base_model(cfg, str(workdir)), generator=oracle_generator)
   assert (workdir / "iter_1" / "checkpoints" / "4").exists() and not (workdir / "iter_1" / "train.json").exists()
 
@@ -354,7 +366,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(straight, data_dir, tmp_
 
   # Once everything exists, a re-run only reads it back: no fine-tuning, the same records.
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(star, "fine_tune", None)
+    mp.setattr(train, "fine_tune", None)
     again = star.run(cfg, str(workdir), None, generator=None)
   assert [_no_seconds(r) for r in again] == [_no_seconds(r) for r in records]
 
@@ -378,11 +390,12 @@ def _as_old_workdir(reference, workdir):
   (workdir / "star_config.json").write_text(json.dumps(saved, indent=1))
   for n in (1, 2):
     for name in ("generated.jsonl", "rationalized.jsonl"):
-      assert all(list(r) == OLD_RECORD_KEYS for r in star_data.read_jsonl(workdir / f"iter_{n}" / name))
+      assert all(list(r) == OLD_RECORD_KEYS for r in io.read_jsonl(workdir / f"iter_{n}" / name))
     accuracy = json.loads((workdir / f"iter_{n}" / "eval.json").read_text())["accuracy"]
     assert list(accuracy) == ["acc_1digit", "acc_2digit", "acc_3digit", "acc_overall", "acc_train_lengths"]
 
 
+@pytest.mark.e2e
 def test_an_old_arithmetic_workdir_resumes_to_the_same_result(straight, data_dir, tmp_path):
   """Iteration 2 of an old-format workdir is redone from its iteration-1 files: the same records and
   files as the uninterrupted run (so a run started with the arithmetic-only loop resumes with this one)."""
@@ -401,6 +414,7 @@ def test_an_old_arithmetic_workdir_resumes_to_the_same_result(straight, data_dir
   assert "num_shots" not in json.loads((workdir / "star_config.json").read_text())["star"]  # left as it was
 
 
+@pytest.mark.e2e
 def test_an_old_config_file_differs_only_where_a_value_changed(straight, data_dir, tmp_path):
   """A field missing from an old star_config.json counts as its default: resuming works while the new
   value is the default, and a changed value is still refused."""
@@ -410,7 +424,7 @@ def test_an_old_config_file_differs_only_where_a_value_changed(straight, data_di
   del saved["star"]["temperature"]  # as if temperature had been added after this run started
   (workdir / "star_config.json").write_text(json.dumps(saved))
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(star, "fine_tune", None)  # everything exists: nothing is trained
+    mp.setattr(train, "fine_tune", None)  # everything exists: nothing is trained
     records = star.run(straight["cfg"], str(workdir), straight["base"], generator=oracle_generator)
   assert [_no_seconds(r) for r in records] == [_no_seconds(r) for r in straight["records"]]
   with pytest.raises(ValueError, match=r"config.star.temperature: 0.0 -> 0.7"):

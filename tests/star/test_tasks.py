@@ -4,25 +4,20 @@ tiny GSM8K fixture with a tiny Hugging Face checkpoint (save_hf + a tokenizer.js
 
 import json
 import os
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-from star_jax import evaluate, models, star
-from star_jax.star import tasks as star_tasks
-from star_jax.star import data as sd
-from star_jax.star.config import star_experiment_from_config
+from experiments.configs import star_arithmetic, star_commonsense_qa, star_gsm8k
+from star_jax import evaluate, io, models, star, train
 from star_jax.data import CharTokenizer, HFTokenizer, gsm8k
 from star_jax.data.commonsense_qa import CommonsenseQaTask
 from star_jax.data.gsm8k import Gsm8kTask
-from star_jax.data.tasks import Example
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-from experiments.configs import star_arithmetic
-from experiments.configs import star_commonsense_qa
-from experiments.configs import star_gsm8k
+from star_jax.data.tasks import Example, cut_at_stop
+from star_jax.star import data as sd
+from star_jax.star import tasks as star_tasks
+from star_jax.star.config import star_experiment_from_config
 
 GSM8K = Gsm8kTask()
 CSQA = CommonsenseQaTask()
@@ -151,10 +146,10 @@ def test_commonsense_qa_config_validates(files):
 # ---- stop strings ----
 
 def test_cut_at_stop():
-  assert sd.cut_at_stop("a\n\nb\n\nc", ("\n\n",)) == "a\n\n"
-  assert sd.cut_at_stop("abc", ("\n",)) == "abc"
-  assert sd.cut_at_stop("x#y\nz", ("\n", "#")) == "x#"  # the earliest stop string wins
-  assert sd.cut_at_stop("a\nb", ()) == "a\nb"
+  assert cut_at_stop("a\n\nb\n\nc", ("\n\n",)) == "a\n\n"
+  assert cut_at_stop("abc", ("\n",)) == "abc"
+  assert cut_at_stop("x#y\nz", ("\n", "#")) == "x#"  # the earliest stop string wins
+  assert cut_at_stop("a\nb", ()) == "a\nb"
 
 
 def test_stop_sequences_are_the_strings_own_tokens(files):
@@ -304,6 +299,7 @@ def gsm8k_run(files, tmp_path_factory):
   return {"cfg": cfg, "workdir": workdir, "base": base, "records": records}
 
 
+@pytest.mark.e2e
 def test_base_params_are_the_checkpoint(files, gsm8k_run):
   for x, y in zip(jax.tree.leaves(jax.device_get(gsm8k_run["base"])), jax.tree.leaves(files["params"])):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -311,13 +307,14 @@ def test_base_params_are_the_checkpoint(files, gsm8k_run):
     star.make_base_model(gsm8k_run["cfg"], gsm8k_run["workdir"])
 
 
+@pytest.mark.e2e
 def test_gsm8k_loop_records_files_and_report(gsm8k_run):
   records, workdir, cfg = gsm8k_run["records"], gsm8k_run["workdir"], gsm8k_run["cfg"]
   assert [r["iteration"] for r in records] == [0, 1, 2]
   for r in records[1:]:
     n = r["iteration"]
-    generated = sd.read_jsonl(os.path.join(workdir, f"iter_{n}", "generated.jsonl"))
-    rationalized = sd.read_jsonl(os.path.join(workdir, f"iter_{n}", "rationalized.jsonl"))
+    generated = io.read_jsonl(os.path.join(workdir, f"iter_{n}", "generated.jsonl"))
+    rationalized = io.read_jsonl(os.path.join(workdir, f"iter_{n}", "rationalized.jsonl"))
     # D = the 7 train questions after the exemplar; kept: answers 8, 6, 4, 12; rationalized: 9, 3 (not 7)
     assert r["questions"] == len(generated) == 7 and TRAIN[0][0] not in {g["example"]["question"] for g in generated}
     assert [g["predicted"] for g in generated if g["correct"]] == ["8", "6", "4", "12"]
@@ -330,29 +327,31 @@ def test_gsm8k_loop_records_files_and_report(gsm8k_run):
       assert "junk" not in g["target"] and g["target"].endswith(f"#### {g['predicted']}\n")
     assert r["train_steps"] == cfg.star.base_steps and r["train_loss"] is not None
     assert set(r) >= {"acc_overall", "acc_group0", "seconds_train", "seconds_eval"} and 0 <= r["acc_overall"] <= 1
-  assert sd.read_jsonl(os.path.join(workdir, "star_metrics.jsonl")) == records
+  assert io.read_jsonl(os.path.join(workdir, "star_metrics.jsonl")) == records
   report = open(os.path.join(workdir, "star_report.md"), encoding="utf-8").read()
   assert report.startswith("# STaR report: gsm8k") and "1-shot generation prompts" in report
   assert [row.split("|")[1].strip() for row in report.split("\n\n")[2].splitlines()[2:]] == ["0", "1", "2"]
   assert os.path.getsize(os.path.join(workdir, "star_accuracy.png")) > 1000
 
 
+@pytest.mark.e2e
 def test_gsm8k_loop_fine_tunes_from_the_checkpoint_and_resumes(gsm8k_run):
   cfg, workdir = gsm8k_run["cfg"], gsm8k_run["workdir"]
   m1 = jax.tree.leaves(jax.device_get(star.load_iteration_params(cfg, workdir, 1)))
   assert any(not np.array_equal(x, y) for x, y in zip(m1, jax.tree.leaves(jax.device_get(gsm8k_run["base"]))))
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(star, "fine_tune", None)  # everything exists: a re-run only reads it back
+    mp.setattr(train, "fine_tune", None)  # everything exists: a re-run only reads it back
     again = star.run(cfg, workdir, gsm8k_run["base"], generator=gsm8k_oracle)
   strip = lambda r: {k: v for k, v in r.items() if not k.startswith("seconds")}  # noqa: E731
   assert [strip(r) for r in again] == [strip(r) for r in gsm8k_run["records"]]
 
 
+@pytest.mark.e2e
 def test_gsm8k_loop_with_the_sampler(files, gsm8k_run, tmp_path):
   """The real KV-cache sampler with the Hugging Face tokenizer, few-shot prompts and the stop sequence."""
   cfg = gsm8k_config(files, iterations=1)
   records = star.run(cfg, str(tmp_path), gsm8k_run["base"])
-  generated = sd.read_jsonl(os.path.join(tmp_path, "iter_1", "generated.jsonl"))
+  generated = io.read_jsonl(os.path.join(tmp_path, "iter_1", "generated.jsonl"))
   assert len(generated) == records[1]["questions"] == 7
   for g in generated:
     e = Example.from_json(g["example"])
