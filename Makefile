@@ -10,7 +10,7 @@ TEST_STAMP := $(VENV)/.test-$(SETUP_HASH)
 WORKDIR ?= runs/demo
 CONFIG ?= experiments/configs/star_arithmetic.py:demo
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo test test-fast lint test-all bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,17 @@ $(TEST_STAMP): setup.py | $(PY)
 demo: $(BASE_STAMP)
 	$(PY) -m star_jax.main --config=$(CONFIG) --workdir=$(WORKDIR)
 
-test: $(TEST_STAMP)
+# Every tier but `slow`: lint, the unit tests, then the end-to-end tier (whole loops, sweeps, notebooks,
+# subprocess and multi-host runs; marked e2e).
+test: lint
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
+
+# The unit tier alone (seconds to a few minutes): what to run while editing.
+test-fast: $(TEST_STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not e2e" tests
+
+lint: $(TEST_STAMP)
+	$(PY) -m ruff check .
 
 # Also the long tests (full experiments) that `make test` skips.
 test-all: $(TEST_STAMP)

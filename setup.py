@@ -10,7 +10,7 @@ setup(
         "heads and Tree-of-Thoughts search as jitted, sharded JAX training and sampling steps."
     ),
     python_requires=">=3.11",
-    packages=find_packages(include=["star_jax", "star_jax.*"]),
+    packages=find_packages(include=["star_jax", "star_jax.*", "experiments", "experiments.*"]),
     install_requires=[
         "jax>=0.6",
         "flax>=0.10",
@@ -29,7 +29,7 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "portpicker>=1.6"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "portpicker>=1.6", "ruff>=0.6"],
         # torch==2.13.0 is the CPU build kept on these machines' disk; an unpinned torch pulls CUDA.
         "hf": ["torch==2.13.0", "transformers>=4.45"],
     },

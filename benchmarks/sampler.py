@@ -38,13 +38,13 @@ import sys
 import tempfile
 import time
 
+import decode_floor  # benchmarks/decode_floor.py, beside this script
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
 
-import decode_floor  # benchmarks/decode_floor.py, beside this script
 from star_jax import host_malloc, models, sampling, sharding
 
 BATCH, PROMPT, NEW = 32, 32, 128

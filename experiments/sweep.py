@@ -245,7 +245,7 @@ def run_member(member: Member, base_params=None, generator: Callable | None = No
   if base_params is None:
     base_params = star.make_base_model(member.cfg, base_workdir(member.cfg, member.workdir))
   if member.is_rl:
-    return pg.run(member.cfg, member.workdir, base_params)
+    return pg.loop.run(member.cfg, member.workdir, base_params)
   return star.run(member.cfg, member.workdir, base_params, generator=generator)
 
 

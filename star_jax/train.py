@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh
 from absl import logging
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from star_jax import checkpoint, io, losses, models, sharding

@@ -21,9 +21,8 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: `tests` imports
-from tests.test_train import MODEL, TRAIN, make_batch  # noqa: E402
-
 from star_jax import checkpoint, sharding, train  # noqa: E402
+from tests.test_train import MODEL, TRAIN, make_batch  # noqa: E402
 
 mesh = sharding.make_mesh((("data", 4), ("fsdp", 2), ("tensor", 1)))
 tx = optax.sgd(0.5)

@@ -11,10 +11,9 @@ import jax
 import numpy as np
 import pytest
 
+from experiments.configs import arithmetic as arithmetic_config
 from star_jax import checkpoint, sharding, train
 from star_jax.config import experiment_from_config
-
-from experiments.configs import arithmetic as arithmetic_config
 from tests.test_train import MESHES, MODEL, TRAIN, run_steps
 
 CONFIG = arithmetic_config.__file__

@@ -2,8 +2,8 @@
 fixture files written here (malformed lines name file:line; a failed build leaves no dataset)."""
 
 import json
-import re
 import os
+import re
 
 import pytest
 

@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import torch  # noqa: E402  (the [hf] extra; `make test` installs it, so a missing torch fails loudly)
 import transformers  # noqa: E402
 
@@ -129,7 +128,8 @@ def test_bad_checkpoints_name_the_problem(hf_model, tmp_path):
 
 
 def test_tokenizer_json_round_trip(tmp_path):
-  from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+  from tokenizers import Tokenizer, pre_tokenizers
+  from tokenizers import models as tok_models
   vocab = {"<s>": 0, "</s>": 1, "hello": 2, "world": 3, "[UNK]": 4}
   tokenizer = Tokenizer(tok_models.WordLevel(vocab, unk_token="[UNK]"))
   tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()

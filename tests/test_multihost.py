@@ -10,8 +10,6 @@ import optax
 import portpicker
 import pytest
 
-from star_jax import train
-
 from tests.test_train import MESHES, run_steps
 
 WORKER = os.path.join(os.path.dirname(__file__), "multihost_worker.py")

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from star_jax.data import CharTokenizer
-from star_jax.data import prm800k
+from star_jax.data import CharTokenizer, prm800k
+from star_jax.prm import steps as prm_steps
 
 NO = prm800k.NO_RATING
 
@@ -97,12 +97,12 @@ def test_builder_reads_local_files_and_encodes_step_labels(tmp_path):
   assert first["source"].decode().endswith("phase1_train.jsonl:1") and train[3]["source"].decode().endswith(":3")
 
   tok = CharTokenizer()
-  ex = prm800k.encode_record(tok, train[2])  # ("s0", "b", "c") rated (-, -, -1)
+  ex = prm_steps.encode_prm800k_record(tok, train[2])  # ("s0", "b", "c") rated (-, -, -1)
   assert tok.decode(ex["inputs"]) == "P1\ns0\nb\nc\n"
   bos = 1  # positions count the BOS token; each label sits on the newline closing its step
   assert np.flatnonzero(ex["step_mask"]).tolist() == [bos + len("P1\ns0\nb\nc")]  # only the rated step's end
   assert ex["step_targets"][ex["step_mask"] > 0].tolist() == [0.0]
-  full = prm800k.encode_record(tok, first, three_class=True)
+  full = prm_steps.encode_prm800k_record(tok, first, three_class=True)
   ends = [bos + len(t) for t in ("P1\ns0", "P1\ns0\nb", "P1\ns0\nb\nh", "P1\ns0\nb\nh\nd")]
   assert np.flatnonzero(full["step_mask"]).tolist() == ends
   assert full["step_targets"][ends].tolist() == [2.0, 1.0, 2.0, 2.0]

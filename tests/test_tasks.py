@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from experiments.configs import star_commonsense_qa, star_gsm8k
-from star_jax.star import data as star_data
 from star_jax.data import arithmetic, verifiers
 from star_jax.data.arithmetic import Problem
 from star_jax.data.arithmetic_tfds import build_arithmetic
 from star_jax.data.tasks import ArithmeticTask, Example, Task, get_task, task_names
+from star_jax.star import data as star_data
 
 TASK = ArithmeticTask()
 

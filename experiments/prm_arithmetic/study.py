@@ -28,7 +28,6 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
-
 from matplotlib.figure import Figure
 
 from star_jax import checkpoint, evaluate, host_malloc, io, sampling, sharding, train

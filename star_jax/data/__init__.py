@@ -32,8 +32,13 @@ from star_jax.data.verifiers import (
 )
 
 if TYPE_CHECKING:
+    from star_jax.data.arithmetic_tfds import (
+        Arithmetic,
+        ArithmeticBuilderConfig,
+        build_arithmetic,
+        build_arithmetic_for,
+    )
     from star_jax.data.hf_tokenizer import HFTokenizer
-    from star_jax.data.arithmetic_tfds import Arithmetic, ArithmeticBuilderConfig, build_arithmetic, build_arithmetic_for
     from star_jax.data.pipeline import encode_example, make_eval_problems, make_train_dataset
 
 _LAZY = {
@@ -59,6 +64,7 @@ __all__ = [
     "Arithmetic",
     "HFTokenizer",
     "ArithmeticBuilderConfig",
+    "build_arithmetic_for",
     "CharTokenizer",
     "Problem",
     "StepCheck",

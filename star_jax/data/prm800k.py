@@ -202,15 +202,3 @@ def build_prm800k(data_dir: str | os.PathLike, manual_dir: str | os.PathLike) ->
   """Prepare (idempotent, no network) the builder from the JSONL files in `manual_dir`; returns it."""
   split_files(manual_dir)  # a clear error before TFDS's own checks
   return prepare(PRM800K(data_dir=os.fspath(data_dir)), manual_dir=manual_dir)
-
-
-def _text(value) -> str:
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def encode_record(tokenizer, record: Mapping, *, three_class: bool = False, delimiter: str = "\n"):
-  """A data-source record -> prm.encode_steps arrays: prompt = problem + delimiter, one step per line."""
-  from star_jax import prm  # noqa: PLC0415 (prm imports jax; keep this module light)
-  steps = [_text(s) for s in record["steps"]]
-  targets = (class_targets if three_class else binary_targets)(np.asarray(record["ratings"]).tolist())
-  return prm.encode_steps(tokenizer, _text(record["problem"]) + delimiter, steps, targets, delimiter=delimiter)

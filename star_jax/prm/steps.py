@@ -18,16 +18,16 @@ rate every reasoning step and score a solution by aggregating the step ratings; 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from star_jax.data import prm800k
 from star_jax.data.arithmetic import Problem
 from star_jax.data.steps import Step, prefix_correct_labels, split_steps  # noqa: F401 (re-exported)
 from star_jax.data.tasks import ArithmeticTask, Example, Task
-
 
 # ---- segmentation and label placement ----
 
@@ -93,6 +93,17 @@ def encode_steps(tokenizer, prompt: str, steps: Sequence[str], step_targets: Seq
     text += delimiter
   return encode_labelled_text(tokenizer, prompt, text, ends, step_targets, outcome=outcome,
                               orm_all_tokens=orm_all_tokens)
+
+
+def encode_prm800k_record(tokenizer, record: Mapping, *, three_class: bool = False,
+                          delimiter: str = "\n") -> dict[str, np.ndarray]:
+  """A PRM800K data-source record (data/prm800k.py) -> `encode_steps` arrays: prompt = problem + delimiter,
+  one step per line, the human ratings as binary (or, three_class, class) targets."""
+  text = lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v)  # noqa: E731
+  ratings = np.asarray(record["ratings"]).tolist()
+  targets = (prm800k.class_targets if three_class else prm800k.binary_targets)(ratings)
+  return encode_steps(tokenizer, text(record["problem"]) + delimiter, [text(s) for s in record["steps"]], targets,
+                      delimiter=delimiter)
 
 
 # ---- automatic labels ----

@@ -25,11 +25,16 @@ import optax
 from jax.sharding import Mesh
 
 from star_jax import checkpoint, io, losses, sharding, train
-from star_jax.prm import losses as reward_losses
 from star_jax import config as config_lib
 from star_jax.models import ModelConfig
-from star_jax.models.heads import (HeadConfig, init_boxed_reward_params, reward_forward, reward_logical_axes,
-                                   step_good_probability)
+from star_jax.models.heads import (
+  HeadConfig,
+  init_boxed_reward_params,
+  reward_forward,
+  reward_logical_axes,
+  step_good_probability,
+)
+from star_jax.prm import losses as reward_losses
 from star_jax.train import TrainState
 
 SPEC_FILE = "reward_model.json"  # what a reward-model directory holds besides checkpoints/: see save_spec

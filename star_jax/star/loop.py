@@ -36,14 +36,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
-from absl import logging
 
 from star_jax import config, evaluate, io, metrics, sampling, sharding, train
 from star_jax.star import data as sd

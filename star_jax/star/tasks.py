@@ -32,7 +32,6 @@ from absl import logging
 from star_jax import train
 from star_jax.data import build_arithmetic_for, tasks
 from star_jax.data.tasks import Example, Task
-from star_jax.star import data as sd
 from star_jax.star.config import StarExperimentConfig
 
 
@@ -69,7 +68,7 @@ def tokenizer_and_mesh(cfg: StarExperimentConfig):
 
 def load_hf_base(cfg: StarExperimentConfig, mesh) -> object:
   """The base model M: the weights of model.hf_path in model.param_dtype, laid out on `mesh`."""
-  from star_jax.models import load_hf  # noqa: PLC0415
+  from star_jax.models import load_hf  # noqa: PLC0415 (pulls in safetensors; only a pretrained base needs it)
   model, params = load_hf(cfg.hf_path, mesh=mesh, dtype=cfg.model.param_dtype)
   ignore = {"dtype": "float32", "param_dtype": "float32"}  # (set by the config, not the checkpoint)
   if dataclasses.replace(model, **ignore) != dataclasses.replace(cfg.model, **ignore):
@@ -81,10 +80,10 @@ def _build(cfg: StarExperimentConfig, workdir: str):
   d = cfg.data
   data_dir = d.data_dir or os.path.join(workdir, "data")
   if d.task == "gsm8k":
-    from star_jax.data.gsm8k import build_gsm8k  # noqa: PLC0415
+    from star_jax.data.gsm8k import build_gsm8k  # noqa: PLC0415 (TFDS builder; imported for this task only)
     return build_gsm8k(data_dir, d.train_path, d.test_path)
   if d.task == "commonsense_qa":
-    from star_jax.data.commonsense_qa import build_commonsense_qa  # noqa: PLC0415
+    from star_jax.data.commonsense_qa import build_commonsense_qa  # noqa: PLC0415 (TFDS builder; this task only)
     return build_commonsense_qa(data_dir, d.train_path, validation_path=d.validation_path, test_path=d.test_path,
                                 few_shot_path=d.few_shot_path)
   raise ValueError(f"config.data.task={d.task!r}: no STaR data setup for this task")

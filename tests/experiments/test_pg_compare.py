@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from star_jax import star
 from experiments.pg_star_arithmetic import compare as pg_compare
-from star_jax.pg import loop as rl
+from star_jax import star
 from star_jax.pg import config as rl_config
+from star_jax.pg import loop as rl
 from tests.pg.test_loop import _final_params, pg_star_arithmetic
 
 
@@ -43,6 +43,7 @@ def test_star_points_accumulate_tokens_and_time():
     pg_compare.star_points([records[0], {k: v for k, v in records[1].items() if k != "sampled_tokens"}], [0.0, 0.1])
 
 
+@pytest.mark.e2e
 def test_compare_writes_one_row_per_run_on_one_token_axis(runs):
   out, cfg = runs["root"] / "out", runs["cfg"]
   points = json.loads((out / "comparison.json").read_text())
@@ -60,6 +61,7 @@ def test_compare_writes_one_row_per_run_on_one_token_axis(runs):
   assert cfg.data.max_train_digits == 2 and "acc_2digit" in rows[0]
 
 
+@pytest.mark.e2e
 def test_kl_meter_is_the_rl_loops_measurement(runs):
   """The meter gives the RL loop's own kl_to_base for its final params (same prompts, keys, estimator),
   and exactly 0 for the base model."""

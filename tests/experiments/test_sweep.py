@@ -6,29 +6,22 @@ import csv
 import dataclasses
 import json
 import os
-import sys
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 from absl import flags
 
-from star_jax import models, rl_sweep, star
-from star_jax.pg import loop as rl
-from star_jax.pg import config as rl_config
-from star_jax.star import data as star_data
 from experiments import sweep
+from experiments.configs import pg_star_arithmetic, star_arithmetic
+from star_jax import io, models, star
 from star_jax.data import arithmetic
 from star_jax.data.arithmetic import Problem
+from star_jax.pg import config as rl_config
+from star_jax.pg import loop as rl
 
-_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-CONFIG = os.path.join(_ROOT, "experiments", "configs", "star_arithmetic.py")
-sys.path.insert(0, os.path.dirname(CONFIG))
-import pg_star_arithmetic  # noqa: E402
-import star_arithmetic  # noqa: E402
-
-PG_CONFIG = os.path.join(os.path.dirname(CONFIG), "pg_star_arithmetic.py")
+CONFIG = star_arithmetic.__file__
+PG_CONFIG = pg_star_arithmetic.__file__
 
 
 def _config(variant="tiny"):
@@ -105,7 +98,7 @@ class FakeStar:
   def run(self, cfg, workdir, base_params, generator=None):
     self.runs.append((workdir, base_params))
     path = os.path.join(workdir, "star_metrics.jsonl")
-    records = star_data.read_jsonl(path) if os.path.exists(path) else []
+    records = io.read_jsonl(path) if os.path.exists(path) else []
     for n in range(len(records), cfg.star.iterations + 1):
       acc = min(1.0, 0.1 + 0.2 * n + 0.05 * cfg.star.rationalize)
       record = {"iteration": n, "acc_1digit": acc, "acc_2digit": acc / 2, "acc_3digit": 0.0,
@@ -114,7 +107,7 @@ class FakeStar:
         record.update({"kept_generated": 10 * n, "kept_rationalized": 3 * n * cfg.star.rationalize,
                        "kept_generated_1digit": 6 * n, "kept_generated_2digit": 4 * n, "seconds_train": 2.0})
       records.append(record)
-    star_data.write_jsonl(path, records)
+    io.write_jsonl(path, records)
     return records
 
 
@@ -126,6 +119,7 @@ def fake(monkeypatch):
   return f
 
 
+@pytest.mark.e2e
 def test_shared_base_skip_finished_member_and_collect(tmp_path, fake):
   w = str(tmp_path)
   with pytest.raises(ValueError, match=r"member 0 \(star.seed_per_digit=5\): config.star.seed_per_digit must be <= "
@@ -164,7 +158,7 @@ def test_shared_base_skip_finished_member_and_collect(tmp_path, fake):
   assert fake.bases == [w2]
   assert [r[0] for r in fake.runs] == [os.path.join(w2, f"star.rationalize={v}") for v in (True, False)]
   assert fake.runs[0][1] is fake.runs[1][1] == {"base_of": w2}
-  assert len(star_data.read_jsonl(os.path.join(w2, "star.rationalize=False", "star_metrics.jsonl"))) == 4  # CLI
+  assert len(io.read_jsonl(os.path.join(w2, "star.rationalize=False", "star_metrics.jsonl"))) == 4  # CLI
   table = open(os.path.join(w2, "sweep.md")).read()
   assert "| `star.rationalize=True` | 3 | 56.3% | 3 | 56.3% | 37.5% | 75.0% | 37.5% | 0.0% | 30 | 9 | 10 |" in table
   assert "| `star.rationalize=False` | 3 | 52.5% |" in table
@@ -184,6 +178,7 @@ def test_shared_base_skip_finished_member_and_collect(tmp_path, fake):
     sweep.run_from_flags(_flags(args[:-1] + ["--config.star.iterations=5", "--config.train.lr=0.01"]))
 
 
+@pytest.mark.e2e
 def test_list_and_bad_member(tmp_path, fake, capsys):
   args = [f"--config={CONFIG}:tiny", "--sweep=temperature", f"--workdir={tmp_path}"]
   sweep.run_from_flags(_flags(args + ["--list"]))
@@ -213,6 +208,7 @@ def parity_generator(params):
   return generate
 
 
+@pytest.mark.e2e
 def test_real_loop_table_equals_the_members_metrics(tmp_path, monkeypatch):
   w = str(tmp_path)
   made, given = [], []
@@ -231,7 +227,7 @@ def test_real_loop_table_equals_the_members_metrics(tmp_path, monkeypatch):
   rows = list(csv.DictReader(open(os.path.join(w, "sweep.csv"))))
   assert [r["member"] for r in rows] == ["star.rationalize=True", "star.rationalize=False"]
   for m, row in zip(members, rows):
-    records = star_data.read_jsonl(os.path.join(m.workdir, "star_metrics.jsonl"))
+    records = io.read_jsonl(os.path.join(m.workdir, "star_metrics.jsonl"))
     assert [r["iteration"] for r in records] == [0, 1]
     final = records[-1]
     for key in ("acc_train_lengths", "acc_overall", "acc_1digit", "acc_2digit", "acc_3digit", "kept_generated",
@@ -242,7 +238,7 @@ def test_real_loop_table_equals_the_members_metrics(tmp_path, monkeypatch):
     assert float(row["seconds_total"]) == pytest.approx(
         sum(v for r in records for k, v in r.items() if k.startswith("seconds_") and v is not None))
   kept = {r["member"]: (int(r["kept_generated"]), int(r["kept_rationalized"])) for r in rows}
-  questions = star_data.read_jsonl(os.path.join(members[0].workdir, "iter_1", "generated.jsonl"))
+  questions = io.read_jsonl(os.path.join(members[0].workdir, "iter_1", "generated.jsonl"))
   even = sum((q["a"] + q["b"]) % 2 == 0 for q in questions)
   assert kept == {"star.rationalize=True": (even, len(questions) - even), "star.rationalize=False": (even, 0)}
   assert os.path.exists(os.path.join(w, "data")) and not os.path.exists(os.path.join(members[0].workdir, "data"))
@@ -269,20 +265,20 @@ def test_every_pg_sweep_validates_and_shares_one_base(tmp_path):
 def test_rl_member_is_finished_by_the_evaluation_where_the_loop_stops():
   cfg = rl_config.rl_experiment_from_config(pg_star_arithmetic.get_config("tiny")).rl  # 4 steps
   records = [{"step": s, "sampled_tokens": 100 * s} for s in (0, 2, 4)]
-  assert rl_sweep.is_finished(cfg, records)
-  assert not rl_sweep.is_finished(cfg, records[:2]) and not rl_sweep.is_finished(cfg, [])
+  assert sweep.rl_is_finished(cfg, records)
+  assert not sweep.rl_is_finished(cfg, records[:2]) and not sweep.rl_is_finished(cfg, [])
   budget = dataclasses.replace(cfg, token_budget=150)  # rl.run stops (and evaluates) at step 2
-  assert rl_sweep.is_finished(budget, records[:2]) and not rl_sweep.is_finished(budget, records[:1])
-  assert not rl_sweep.is_finished(dataclasses.replace(cfg, steps=6), records)  # a raised rl.steps resumes
-  assert rl_sweep.report([{"member": "m", "finished": False, "steps": 0}], 3)[1] == "Not started: `m`."
+  assert sweep.rl_is_finished(budget, records[:2]) and not sweep.rl_is_finished(budget, records[:1])
+  assert not sweep.rl_is_finished(dataclasses.replace(cfg, steps=6), records)  # a raised rl.steps resumes
+  assert sweep.rl_report([{"member": "m", "finished": False, "steps": 0}], 3)[1] == "Not started: `m`."
 
 
+@pytest.mark.e2e
 def test_rl_sweep_shares_one_base_collects_and_skips_finished_members(tmp_path, monkeypatch):
   """Two members of the tiny PG config (2 steps each) from one base model; sweep.csv holds each member's last
   evaluation; a second invocation trains, loads and evaluates nothing."""
   config_file = tmp_path / "pg_two.py"
-  config_file.write_text(f"import sys\nsys.path.insert(0, {os.path.dirname(PG_CONFIG)!r})\n"
-                         "from pg_star_arithmetic import get_config  # noqa: F401\n"
+  config_file.write_text("from experiments.configs.pg_star_arithmetic import get_config  # noqa: F401\n"
                          "SWEEPS = {'advantage': [{'rl.advantage': 'rloo'}, {'rl.advantage': 'none'}]}\n")
   w = str(tmp_path / "sweep")
   made, given = [], []
@@ -298,7 +294,7 @@ def test_rl_sweep_shares_one_base_collects_and_skips_finished_members(tmp_path, 
   rows = list(csv.DictReader(open(os.path.join(w, "sweep.csv"))))
   assert [r["member"] for r in rows] == ["rl.advantage=rloo", "rl.advantage=none"]
   for m, row in zip(members, rows):
-    records = star_data.read_jsonl(os.path.join(m.workdir, "rl_eval.jsonl"))
+    records = io.read_jsonl(os.path.join(m.workdir, "rl_eval.jsonl"))
     assert [r["step"] for r in records] == [0, 2] and row["finished"] == "True" and row["steps"] == "2"
     for key in ("acc_train_lengths", "acc_overall", "acc_1digit", "acc_3digit", "kl_to_base", "sampled_tokens",
                 "seconds"):

@@ -3,7 +3,6 @@
 
 import dataclasses
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,21 +10,17 @@ import numpy as np
 import optax
 import pytest
 
+from experiments.configs import pg_star_arithmetic
 from star_jax import checkpoint, io, models, sampling, sharding, train
-from star_jax.data import CharTokenizer
+from star_jax.config import TrainConfig
+from star_jax.data import CharTokenizer, arithmetic
 from star_jax.data.tasks import ArithmeticTask
-from star_jax.pg import objectives, rewards
-from star_jax.pg import advantages
-from star_jax.pg import kl
-from star_jax.pg import step as pg_step
-from star_jax.pg import loop as rl
+from star_jax.pg import advantages, kl, objectives, rewards
 from star_jax.pg import config as rl_config
+from star_jax.pg import loop as rl
+from star_jax.pg import step as pg_step
 from star_jax.star import tasks as star_tasks
 from tests import toy_task
-from star_jax.config import TrainConfig
-from star_jax.data import arithmetic
-
-from experiments.configs import pg_star_arithmetic
 
 # ---- config ----
 
@@ -225,6 +220,7 @@ def test_process_reward_counts_the_steps_before_the_first_error():
   assert outcome(p, wrong_step_2) == 1.0
 
 
+@pytest.mark.e2e
 def test_the_loop_learns_a_dense_reward(tmp_path):
   """Positive control of the whole loop (sample -> reward -> advantages -> update): with the reward
   "fraction of the response that is the character 7", a random tiny policy goes from ~1/60 to ~all 7s."""
@@ -279,6 +275,7 @@ def _final_params(cfg, workdir):
   return jax.device_get(state), host
 
 
+@pytest.mark.e2e
 def test_records_files_and_metrics(straight):
   cfg, workdir, records = straight["cfg"], straight["workdir"], straight["records"]
   assert [r["step"] for r in records] == [0, 2, 4]
@@ -301,6 +298,7 @@ def test_records_files_and_metrics(straight):
   assert int(state.train.step) == 4 and host["sampled_tokens"] == tokens[2]
 
 
+@pytest.mark.e2e
 def test_sampler_logps_match_the_update_forward(straight):
   """The sampler's per-token log-probs (π_old of the update) equal the update's own forward pass on the same rows."""
   cfg, task = straight["cfg"], ArithmeticTask()
@@ -327,6 +325,7 @@ class _Crash(Exception):
   pass
 
 
+@pytest.mark.e2e
 def test_crashed_run_resumes_to_the_uninterrupted_result(straight, tmp_path, monkeypatch):
   cfg, base = straight["cfg"], straight["base"]
   workdir = str(tmp_path / "resumed")
@@ -352,6 +351,7 @@ def test_crashed_run_resumes_to_the_uninterrupted_result(straight, tmp_path, mon
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
 
 
+@pytest.mark.e2e
 def test_resuming_with_another_config_is_refused_and_token_budget_stops(straight, tmp_path):
   with pytest.raises(ValueError, match=r"config.rl.lr: 0.001 -> 0.002"):
     rl.run(tiny_config(straight["data_dir"], kl_coef=0.05, lr=2e-3), str(straight["workdir"]), straight["base"])
@@ -375,6 +375,7 @@ def test_exact_step_reward_of_a_toy_task_by_hand():
   np.testing.assert_allclose(reward([three] * 4, texts), [1 + 0.5, 1 + 0.5 * 2 / 4, 0 + 0.5 * 3 / 4, 0.0])
 
 
+@pytest.mark.e2e
 def test_the_loop_runs_a_toy_task_given_as_task_data(tmp_path):
   """pg.run on "count to n" (tests/toy_task.py) with its exact dense reward: held-out accuracy per group
   under the task's group names, the train groups pooled, every logged value finite."""

@@ -13,9 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from star_jax.pg import objectives
-from star_jax.pg import advantages
-from star_jax.pg import kl
+from star_jax.pg import advantages, kl, objectives
 
 # ---- hand-computed values ----
 

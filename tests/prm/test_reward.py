@@ -3,25 +3,22 @@ directories are named), a learned PRM's reward by hand, and the RL loop running 
 
 import math
 import os
-import sys
 
 import jax
 import numpy as np
 import pytest
 
+from experiments.configs import pg_star_arithmetic
 from star_jax import checkpoint, io, models, sharding, train
-from star_jax.data import CharTokenizer
+from star_jax.data import CharTokenizer, arithmetic
 from star_jax.data.tasks import ArithmeticTask
+from star_jax.models import HeadConfig
+from star_jax.pg import config as rl_config
+from star_jax.pg import loop as rl
 from star_jax.pg import rewards
 from star_jax.prm import reward as prm_reward
 from star_jax.prm import steps as prm
 from star_jax.prm import train as prm_train
-from star_jax.pg import loop as rl
-from star_jax.pg import config as rl_config
-from star_jax.data import arithmetic
-from star_jax.models import HeadConfig
-
-from experiments.configs import pg_star_arithmetic
 
 P = arithmetic.Problem(152, 702)  # S = 3 digits + 4 = 7 steps
 RIGHT = "<scratch>\n1 5 2 + 7 0 2 , C: 0\n5 + 0 , 4 C: 0\n1 + 7 , 5 4 C: 0\n, 8 5 4 C: 0\n0 8 5 4\n</scratch>\n8 5 4\n"
@@ -78,6 +75,7 @@ def test_reward_model_directory_round_trip(tmp_path):
     prm_train.load_reward_model(str(tmp_path / "prm"), mesh)
 
 
+@pytest.mark.e2e
 def test_learned_step_reward_by_hand_and_in_the_loop(tmp_path):
   """A PRM whose step head is a constant P(good) = p: R = 1(ŷ = y) + w · min(m, S) · p / S by hand, chosen by
   the RL config (rl.process_reward_model), and the loop runs on it."""

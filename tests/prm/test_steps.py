@@ -8,11 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from star_jax.prm import reward as prm_reward
-from star_jax.prm import steps as prm
 from star_jax.data import CharTokenizer, arithmetic, verifiers
 from star_jax.data.arithmetic import Problem
 from star_jax.data.tasks import get_task
+from star_jax.prm import reward as prm_reward
+from star_jax.prm import steps as prm
 from tests import toy_task
 
 TOK = CharTokenizer()

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from star_jax import models, sharding, train
-from star_jax.prm import steps as prm
-from star_jax.prm import train as prm_train
-from star_jax.prm import losses as reward_losses
 from star_jax.config import TrainConfig
 from star_jax.data import CharTokenizer
 from star_jax.models import HeadConfig, ModelConfig, reward_forward
 from star_jax.models.heads import init_reward_params
+from star_jax.prm import losses as reward_losses
+from star_jax.prm import steps as prm
+from star_jax.prm import train as prm_train
 
 TOK = CharTokenizer()
 TINY = ModelConfig(vocab_size=100, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2)

@@ -43,7 +43,8 @@ def _write_jsonl(path, rows):
 
 def _write_tiny_hf_checkpoint(path, texts):
   """A byte-level BPE tokenizer.json trained on `texts` and a random 2-layer Llama in HF format."""
-  from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, trainers
+  from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+  from tokenizers import models as tok_models
   tokenizer = Tokenizer(tok_models.BPE())
   tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tokenizer.decoder = decoders.ByteLevel()
