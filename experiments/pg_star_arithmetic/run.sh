@@ -29,5 +29,5 @@ for name in "${ORDER[@]}"; do
       --config.rl.token_budget="$TOKENS" ${VARIANTS[$name]}
   RUNS+=("$name=$ROOT/$name")
 done
-$PY -m star_jax.pg_compare --config=$CONFIG --star_workdir="$STAR" --rl="$(IFS=,; echo "${RUNS[*]}")" \
+$PY -m experiments.pg_star_arithmetic.compare --config=$CONFIG --star_workdir="$STAR" --rl="$(IFS=,; echo "${RUNS[*]}")" \
     --out=experiments/pg_star_arithmetic
