@@ -203,7 +203,7 @@ def read_records(member: Member) -> list[dict]:
 
 
 def is_finished(member: Member) -> bool:
-  """True when star_metrics.jsonl records iterations 0..star.iterations (RL: rl_sweep.is_finished)."""
+  """True when star_metrics.jsonl records iterations 0..star.iterations (RL: rl_is_finished)."""
   if member.is_rl:
     return rl_is_finished(member.cfg.rl, read_records(member))
   done = {r["iteration"] for r in read_records(member)}
@@ -328,7 +328,7 @@ def _seconds(records: Sequence[Mapping]) -> float:
 def summary_row(member: Member, records: Sequence[Mapping]) -> dict:
   """One member's final metrics: the last iteration's accuracies and kept examples, the best iteration
   (highest acc_train_lengths), total wall time, and whether every iteration is recorded (RL:
-  rl_sweep.summary of its evaluations)."""
+  rl_summary of its evaluations)."""
   row = {"member": member.name, "overrides": json.dumps(member.overrides), "finished": is_finished(member)}
   if member.is_rl:
     return {**row, **rl_summary(member.cfg, records)}

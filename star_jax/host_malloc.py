@@ -18,7 +18,7 @@ sampler 0.6-6% slower (three pairs of processes).
 
 A thread is bound to its arena at its first allocation, and XLA creates its thread pools together with
 the JAX backend, so this must run before the first JAX computation: the entry points (`star_jax.main`,
-`star_jax.sweep`, `star_jax.pg_compare`, `star_jax.prm_experiment`), both benchmarks and the notebooks call
+`experiments.sweep`, `experiments.pg_star_arithmetic.compare`, `experiments.prm_arithmetic.study`), both benchmarks and the notebooks call
 it first thing. It applies only where JAX will run on the CPU (JAX_PLATFORMS names cpu first, or no GPU/TPU
 plugin is installed): on accelerator hosts the step buffers live in device memory and a single host arena
 would only add contention. Setting STAR_JAX_SYSTEM_MALLOC=1 keeps glibc's defaults. Where the C library is

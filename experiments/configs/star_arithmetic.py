@@ -3,7 +3,7 @@
   get_config()        the arithmetic experiment (experiments/star_arithmetic/, run "full5"): 3 layers,
                       d_model 64, |D| = 40,081 questions of 1-5 digits (5% drawn per iteration), 8 iterations
   get_config("demo")  `make demo` (run "demo2"): 1-3 digits, a 1,200-step base model, two iterations
-  get_config("tiny")  seconds; used by tests/test_star.py
+  get_config("tiny")  seconds; used by tests/star/test_loop.py
 
 The base model (never trained on a rationale for D or a test set) learns from the seed set P: all 81
 one-digit problems (star.one_digit_repeats times), star.seed_per_digit scratchpads per length
@@ -105,7 +105,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.star.iterations, c.star.base_steps, c.star.fraction_of_D = 2, 6, 1.0
     c.star.max_new_tokens, c.star.generate_batch_size = 128, 8  # = eval's: one sampler compilation
     c.star.seed_per_digit, c.star.one_digit_repeats, c.star.seed_steps = 4, 1, 6  # 6 = base_steps: one compilation
-    c.star.carry_fact_digits = 0  # (tested on its own in tests/test_star.py)
+    c.star.carry_fact_digits = 0  # (tested on its own in tests/star/test_loop.py)
     c.star.mix_seed = False  # Algorithm 1 exactly: the tests count the kept examples as the training set
   elif arg:
     raise ValueError(f"unknown config variant {arg!r}; use '', 'demo' or 'tiny'")

@@ -217,7 +217,7 @@ class ArithmeticTask(Task):
 
   Every text is the one arithmetic.py / verifiers.py produce; `target` is always the true scratchpad
   (the task is deterministic, so it exists even for questions of D), and `trim` is the rule the STaR
-  loop has used so far (star_data.trim_after_answer): cut after the first non-empty line after
+  loop has used so far (star.data.trim_after_answer): cut after the first non-empty line after
   '</scratch>'. The sampler stops at EOS and the loop's per-length caps, so there are no stop strings.
   """
 

@@ -33,7 +33,7 @@ class RLConfig:
   minibatches: int = 1  # optimizer steps per pass (the batch split in this many parts)
   clip_eps: float = 0.0  # PPO ratio clipping epsilon (0: none; the importance ratio is still applied)
   process_reward: float = 0.0  # w > 0: R = 1(ŷ = y) + w · (steps right before the first error) / (steps expected), rl.step_rewarded
-  process_reward_model: str = ""  # a trained PRM's directory (prm_experiment's prm/): its step scores replace the exact ones, prm_reward.py
+  process_reward_model: str = ""  # a trained PRM directory (experiments/prm_arithmetic/study.py writes one): prm/reward.py
   kl_coef: float = 0.0  # β of the KL penalty to the base model (0: no reference forward pass at all)
   kl_estimator: str = "k3"  # kl.KL_ESTIMATORS: k1 | k2 | k3
   kl_mode: str = "loss"  # "loss": β·k per token in the loss; "reward": R − β·Σ_t k before the advantages

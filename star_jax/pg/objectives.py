@@ -75,7 +75,7 @@ def policy_gradient_loss(logps_BxT: jax.Array, old_logps_BxT: jax.Array, mask_Bx
 
   normalised as `normalisation` (module comment above). With ε = 0 there is no clipping: ℓ = −ρ A + β k,
   whose gradient at θ = θ_old is −A ∇log π_θ: REINFORCE, and with A = 1(ŷ = y) the STaR gradient.
-  PPO: Schulman et al. 2017, arXiv 1707.06347. k1/k2/k3: star_jax/kl.py.
+  PPO: Schulman et al. 2017, arXiv 1707.06347. k1/k2/k3: star_jax/pg/kl.py.
 
   What the KL term's gradient estimates (sequence_sum; verified by enumeration in tests/test_pg_losses.py):
     k1  E[∇ Σ_t x_t] = E[∇ log π(y)] = 0 — no regularisation at all in expectation;

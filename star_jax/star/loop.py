@@ -11,7 +11,7 @@ Algorithm 1. Given a base model M and questions D = {(x_i, y_i)} without rationa
   5. evaluate M_n on held-out questions (greedy accuracy, overall and per group: digit length for arithmetic).
 
 The loop sees a task only through star_jax.data.tasks.Task (prompt, hinted_prompt, is_correct, trim,
-few_shot_prompt) and Example.group; star_tasks.py sets up each task's data, tokenizer and base model:
+few_shot_prompt) and Example.group; star/tasks.py sets up each task's data, tokenizer and base model:
 arithmetic (generated data, character tokenizer, a base model trained here) or GSM8K / CommonsenseQA (the
 user's JSONL files and a pretrained Hugging Face checkpoint, config.model.hf_path, with optional few-shot
 exemplars before every generation prompt: star.num_shots).
@@ -20,14 +20,14 @@ Every phase writes its output atomically under `<workdir>/iter_<n>/` and is skip
 exists, so a killed run re-started with the same command ends with the same parameters and metrics:
 
   iter_0/eval.json                 the base model's held-out accuracy
-  iter_<n>/generated.jsonl         every generation of step 1, with `correct` (star_data.py: record format)
+  iter_<n>/generated.jsonl         every generation of step 1, with `correct` (star/data.py: record format)
   iter_<n>/rationalized.jsonl      every hinted generation of step 3 (prompt = the plain prompt)
   iter_<n>/checkpoints/, train.json  step 4 (the Checkpointer resumes mid-training; train.json marks the end)
   iter_<n>/eval.json               step 5
   iter_<n>/timings.json            wall time of the generation phases (written just before their outputs)
   star_metrics.jsonl, star_report.md, star_accuracy.png, logs/ (TensorBoard)   rewritten every iteration
 
-Every rng derives from (star.seed, iteration, phase) (star_data.phase_key / phase_seed). The base model
+Every rng derives from (star.seed, iteration, phase) (io.phase_key / phase_seed). The base model
 comes from the caller: `base_params` loads config.model.hf_path, or (arithmetic) `make_base_model` trains
 one on seed scratchpads disjoint from D and the test sets.
 """
@@ -122,7 +122,7 @@ def make_base_model(cfg: StarExperimentConfig, workdir: str):
   Seed examples: all 81 one-digit problems (star.one_digit_repeats times), `star.seed_per_digit` problems per length
   2..max_train_digits from the rationales split (disjoint from D and the test sets), and (with
   `star.carry_fact_digits`) the few 2..carry_fact_digits-digit problems of that split that show every
-  single-digit fact with a carry in (star_data.carry_fact_problems), each with its full scratchpad,
+  single-digit fact with a carry in (star.data.carry_fact_problems), each with its full scratchpad,
   once with the plain prompt and once with the hinted prompt (so that rationalization has a
   format to follow). Never trained on a rationale of a question in D or a test set of >= 2 digits.
   """
