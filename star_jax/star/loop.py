@@ -277,7 +277,7 @@ def _iteration(ctx: _Context, n: int, store: _Params, writer) -> dict:
             "train_examples": train_info["examples"], "train_steps": train_info["steps"],
             "train_loss": train_info["final_loss"]}
   for source, records in (("generated", generated), ("rationalized", rationalized)):
-    record.update({f"kept_{source}_{star_tasks.group_name(ctx.task, g)}": v
+    record.update({f"kept_{source}_{ctx.task.group_name(g)}": v
                    for g, v in sd.kept_by_group(records, groups).items()})
   record.update(evaluation["accuracy"])
   record.update({"seconds_generated": timings.get("seconds_generated"),

@@ -48,11 +48,6 @@ def is_arithmetic(cfg: StarExperimentConfig) -> bool:
   return cfg.data.task == "arithmetic"
 
 
-def group_name(task: Task, group: int) -> str:
-  """The suffix of per-group metric keys: '3digit' for arithmetic (acc_3digit), 'group<g>' otherwise."""
-  return task.group_name(group)
-
-
 def tokenizer_and_mesh(cfg: StarExperimentConfig):
   """(tokenizer, mesh): HFTokenizer(model.hf_path) with a checkpoint, else the character tokenizer."""
   if not cfg.hf_path:
