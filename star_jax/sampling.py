@@ -11,6 +11,11 @@ Speed (XLA:CPU; benchmarks/sampler.py, benchmarks/RESULTS.md): the decode step i
 once per call (`decode_params`) and writes the [B, K, S, Dh] cache in place; the cache grows in a few
 chunks so that early steps read a shorter one; and on a multi-core CPU the rows are split into
 independent groups (`row_groups_for`) that XLA runs on different cores.
+
+Many continuations of one prompt (policy-gradient groups, Monte-Carlo step labels, Tree-of-Thoughts
+children): `sample_grouped` prefills each prompt once and keeps its KV entries once per group, the rows
+attending over the shared prefix and their own suffix with cascade attention (`models.cascade`); its
+output equals `sample` on the repeated prompts.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from star_jax import models
-from star_jax.models import ModelConfig, functional
+from star_jax.models import ModelConfig, cascade, functional
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,16 +123,49 @@ def _cpu_cores() -> int:
   return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-class _LoopState(NamedTuple):
-  i: jax.Array
-  logits_BxV: jax.Array
-  caches: tuple  # per row group, per layer: LayerCache of that group's rows
-  key_valid_BxS: jax.Array
+class _Rows(NamedTuple):
+  """Per-row output bookkeeping, the same in both samplers."""
   done_B: jax.Array
   tokens_BxN: jax.Array
   logps_BxN: jax.Array
   lengths_B: jax.Array
   recent_BxL: jax.Array  # the last L generated tokens (for stop sequences)
+
+
+def _init_rows(b: int, cfg: SamplingConfig, pad_id: int) -> _Rows:
+  stop_len = max((len(s) for s in cfg.stop_sequences), default=1)
+  n = cfg.max_new_tokens
+  return _Rows(done_B=jnp.zeros((b,), jnp.bool_), tokens_BxN=jnp.full((b, n), pad_id, jnp.int32),
+               logps_BxN=jnp.zeros((b, n), jnp.float32), lengths_B=jnp.zeros((b,), jnp.int32),
+               recent_BxL=jnp.full((b, stop_len), -1, jnp.int32))
+
+
+def _emit(rows: _Rows, i: jax.Array, logits_BxV: jax.Array, rng: jax.Array, cfg: SamplingConfig, eos_id: int,
+          pad_id: int) -> tuple[jax.Array, _Rows]:
+  """Step i: draw each row's token with fold_in(rng, i) over the whole [B, V] block, record it (pad_id and
+  log-prob 0 for rows already stopped), and mark rows that produced EOS or completed a stop sequence."""
+  token_B, logp_B = _choose(logits_BxV, jax.random.fold_in(rng, i), cfg)
+  active_B = ~rows.done_B
+  token_B = jnp.where(active_B, token_B, pad_id)
+  tokens_BxN = jax.lax.dynamic_update_slice(rows.tokens_BxN, token_B[:, None], (0, i))
+  logps_BxN = jax.lax.dynamic_update_slice(rows.logps_BxN, jnp.where(active_B, logp_B, 0.0)[:, None], (0, i))
+  recent_BxL = jnp.concatenate([rows.recent_BxL[:, 1:], token_B[:, None]], axis=1)
+  stop_len = recent_BxL.shape[1]
+  stopped_B = token_B == eos_id
+  for seq in cfg.stop_sequences:
+    seq_L = jnp.asarray(seq, jnp.int32)
+    stopped_B |= jnp.all(recent_BxL[:, stop_len - len(seq):] == seq_L[None, :], axis=1)
+  lengths_B = rows.lengths_B + active_B.astype(jnp.int32)
+  done_B = rows.done_B | (active_B & stopped_B)
+  return token_B, _Rows(done_B, tokens_BxN, logps_BxN, lengths_B, recent_BxL)
+
+
+class _LoopState(NamedTuple):
+  i: jax.Array
+  logits_BxV: jax.Array
+  caches: tuple  # per row group, per layer: LayerCache of that group's rows
+  key_valid_BxS: jax.Array  # empty [B, 0] in the grouped sampler (its suffix slots 0..i are all valid)
+  rows: _Rows
 
 
 @functools.partial(jax.jit, static_argnames=("model_config", "cfg", "eos_id", "pad_id", "row_groups",
@@ -147,6 +185,7 @@ def sample(model_config: ModelConfig, params, prompt_tokens_BxP: jax.Array, prom
   price of up to k - 1 wasted decode steps after the last row stops. On 2 CPU devices, with no early
   exit, k = 8 took benchmarks/sampler.py's shapes from 0.664 to 0.648 s (best of 8 interleaved runs),
   too little to pay for the wasted steps of a typical early-exiting batch, hence the default of 1.
+  Many continuations of the same prompt: `sample_grouped` (same output, each prompt's cache held once).
   """
   b, p = prompt_tokens_BxP.shape
   n = cfg.max_new_tokens
@@ -156,7 +195,6 @@ def sample(model_config: ModelConfig, params, prompt_tokens_BxP: jax.Array, prom
   if check_every < 1:
     raise ValueError(f"sample: check_every={check_every} must be >= 1")
   rows = b // groups
-  limit = jnp.asarray(n if max_new_tokens is None else jnp.minimum(max_new_tokens, n), jnp.int32)
   offset_B = p - prompt_lengths_B  # first real slot of each row
   slots_P = jnp.arange(p, dtype=jnp.int32)
   chunk_ends = _chunk_ends(n)
@@ -172,27 +210,12 @@ def sample(model_config: ModelConfig, params, prompt_tokens_BxP: jax.Array, prom
         models.init_cache(model_config, rows, p + chunk_ends[0]), jnp.int32(0), last_logits_only=True)
     logits.append(logits_Gx1xV[:, 0])
     caches.append(group_caches)
-  stop_len = max((len(s) for s in cfg.stop_sequences), default=1)
-  state = _LoopState(
-      i=jnp.int32(0), logits_BxV=jnp.concatenate(logits, axis=0), caches=tuple(caches),
-      key_valid_BxS=key_valid_BxS, done_B=jnp.zeros((b,), jnp.bool_),
-      tokens_BxN=jnp.full((b, n), pad_id, jnp.int32), logps_BxN=jnp.zeros((b, n), jnp.float32),
-      lengths_B=jnp.zeros((b,), jnp.int32), recent_BxL=jnp.full((b, stop_len), -1, jnp.int32))
+  state = _LoopState(i=jnp.int32(0), logits_BxV=jnp.concatenate(logits, axis=0), caches=tuple(caches),
+                     key_valid_BxS=key_valid_BxS, rows=_init_rows(b, cfg, pad_id))
   dparams = functional.decode_params(model_config, params)  # once, outside the loop
 
   def body(s: _LoopState):
-    token_B, logp_B = _choose(s.logits_BxV, jax.random.fold_in(rng, s.i), cfg)
-    active_B = ~s.done_B
-    token_B = jnp.where(active_B, token_B, pad_id)
-    tokens_BxN = jax.lax.dynamic_update_slice(s.tokens_BxN, token_B[:, None], (0, s.i))
-    logps_BxN = jax.lax.dynamic_update_slice(s.logps_BxN, jnp.where(active_B, logp_B, 0.0)[:, None], (0, s.i))
-    recent_BxL = jnp.concatenate([s.recent_BxL[:, 1:], token_B[:, None]], axis=1)
-    stopped_B = token_B == eos_id
-    for seq in cfg.stop_sequences:
-      seq_L = jnp.asarray(seq, jnp.int32)
-      stopped_B |= jnp.all(recent_BxL[:, stop_len - len(seq):] == seq_L[None, :], axis=1)
-    lengths_B = s.lengths_B + active_B.astype(jnp.int32)
-    done_B = s.done_B | (active_B & stopped_B)
+    token_B, rows_out = _emit(s.rows, s.i, s.logits_BxV, rng, cfg, eos_id, pad_id)
     slot = p + s.i
     key_valid_BxS = jax.lax.dynamic_update_slice(s.key_valid_BxS, jnp.ones((b, 1), jnp.bool_), (0, slot))
     position_B = prompt_lengths_B + s.i
@@ -203,17 +226,27 @@ def sample(model_config: ModelConfig, params, prompt_tokens_BxP: jax.Array, prom
                                                         key_valid_BxS[rows_g], group_caches, slot)
       logits.append(logits_GxV)
       caches.append(group_caches)
-    return _LoopState(s.i + 1, jnp.concatenate(logits, axis=0), tuple(caches), key_valid_BxS, done_B, tokens_BxN,
-                      logps_BxN, lengths_B, recent_BxL)
+    return _LoopState(s.i + 1, jnp.concatenate(logits, axis=0), tuple(caches), key_valid_BxS, rows_out)
 
-  # The cache grows chunk by chunk, so early steps attend over (and read) a shorter cache: attention is
-  # bound by reading the cache, which a fixed [p + n] cache makes cost the same at every step. Each chunk
-  # is its own while_loop over the same body, traced at that chunk's cache length.
+  state = _decode_in_chunks(state, body, chunk_ends, max_new_tokens, n, check_every)
+  return SampleOutput(state.rows.tokens_BxN, state.rows.lengths_B, state.rows.logps_BxN)
+
+
+def _decode_in_chunks(state: _LoopState, body, chunk_ends: tuple[int, ...], max_new_tokens, n: int,
+                      check_every: int) -> _LoopState:
+  """Run `body` until step min(max_new_tokens, n) or every row is done, growing the caches chunk by chunk.
+
+  The cache grows chunk by chunk, so early steps attend over (and read) a shorter cache: attention is
+  bound by reading the cache, which a fixed [p + n] cache makes cost the same at every step. Each chunk
+  is its own while_loop over the same body, traced at that chunk's cache length.
+  """
+  limit = jnp.asarray(n if max_new_tokens is None else jnp.minimum(max_new_tokens, n), jnp.int32)
   for start, end in zip((0,) + chunk_ends[:-1], chunk_ends):
     if start:
       grow = ((0, 0), (0, 0), (0, end - start), (0, 0))
+      valid_grow = ((0, 0), (0, end - start)) if state.key_valid_BxS.shape[1] else ((0, 0), (0, 0))
       state = state._replace(caches=jax.tree.map(lambda x: jnp.pad(x, grow), state.caches),
-                             key_valid_BxS=jnp.pad(state.key_valid_BxS, ((0, 0), (0, end - start))))
+                             key_valid_BxS=jnp.pad(state.key_valid_BxS, valid_grow))
     stop_at = jnp.minimum(limit, end)
     if check_every > 1:  # blocks of up to check_every steps; inside one, only replicated scalars are compared
       def block(s: _LoopState, stop_at=stop_at) -> _LoopState:
@@ -221,8 +254,89 @@ def sample(model_config: ModelConfig, params, prompt_tokens_BxP: jax.Array, prom
         return jax.lax.while_loop(lambda t: t.i < block_end, body, s)
     else:
       block = body
-    state = jax.lax.while_loop(lambda s, stop_at=stop_at: (s.i < stop_at) & ~jnp.all(s.done_B), block, state)
-  return SampleOutput(state.tokens_BxN, state.lengths_B, state.logps_BxN)
+    state = jax.lax.while_loop(lambda s, stop_at=stop_at: (s.i < stop_at) & ~jnp.all(s.rows.done_B), block, state)
+  return state
+
+
+def grouped_row_groups(n_prompts: int, n_per_prompt: int) -> int:
+  """`row_groups_for(n_prompts * n_per_prompt)`, lowered until it divides n_prompts (a group's rows stay together)."""
+  groups = row_groups_for(n_prompts * n_per_prompt)
+  while n_prompts % groups:
+    groups -= 1
+  return groups
+
+
+@functools.partial(jax.jit, static_argnames=("model_config", "n_per_prompt", "cfg", "eos_id", "pad_id",
+                                             "row_groups", "check_every"))
+def sample_grouped(model_config: ModelConfig, params, prompt_tokens_GxP: jax.Array, prompt_lengths_G: jax.Array,
+                   rng: jax.Array, *, n_per_prompt: int, cfg: SamplingConfig, eos_id: int, pad_id: int,
+                   max_new_tokens: jax.Array | None = None, row_groups: int | None = None,
+                   check_every: int = 1) -> SampleOutput:
+  """R = n_per_prompt continuations of each of G left-padded prompts, each prompt's KV cache held once.
+
+  Output rows b = g R + r (r = 0..R-1) continue prompt g: `out.tokens_BxN.reshape(G, R, N)` groups them.
+  The result is that of `sample` on the prompts repeated R times (`np.repeat(tokens_GxP, R, axis=0)`,
+  `np.repeat(lengths_G, R)`) with the same rng: step i draws the [G R, V] block with fold_in(rng, i), so
+  tokens agree exactly whenever the logits do, and logits and log-probs to float rounding. Same options
+  (cfg: temperature, top_k, top_p, stop_sequences, max_new_tokens; per-row EOS / stop) and arguments.
+
+  Shared-prefix ("cascade" / Hydragen) decoding, Juravsky et al. 2024, arXiv 2402.05099: each prompt is
+  prefilled once ([G, P] tokens, not [G R, P]) into a [G, K, P, Dh] prefix cache; generated tokens go to
+  a per-row [G R, K, n, Dh] suffix cache. Row b's attention at each step splits into the block of its
+  group's prefix and the block of its own suffix, merged exactly (`models.cascade.cascade_attention`):
+
+      attn(q) = (e^{m_p - m} o_p + e^{m_s - m} o_s) / (e^{m_p - m} l_p + e^{m_s - m} l_s),  m = max(m_p, m_s)
+
+  with m_c, l_c, o_c a block's max logit, sum of exp(z - m_c) and exp(z - m_c) @ v. The R rows of a group
+  read the prefix block together, as one [R H / K, Dh] x [Dh, P] product per kv head, so the prefix cache
+  is read once per group per step. row_groups (default `grouped_row_groups(G, R)`) must divide G.
+  """
+  n_prompts, p = prompt_tokens_GxP.shape
+  r = n_per_prompt
+  if r < 1:
+    raise ValueError(f"sample_grouped: n_per_prompt={r} must be >= 1")
+  b = n_prompts * r
+  n = cfg.max_new_tokens
+  groups = grouped_row_groups(n_prompts, r) if row_groups is None else row_groups
+  if groups < 1 or n_prompts % groups:
+    raise ValueError(f"sample_grouped: row_groups={groups} must be >= 1 and divide the number of prompts {n_prompts}")
+  if check_every < 1:
+    raise ValueError(f"sample_grouped: check_every={check_every} must be >= 1")
+  prompts_per_group, rows = n_prompts // groups, b // groups
+  offset_G = p - prompt_lengths_G
+  slots_P = jnp.arange(p, dtype=jnp.int32)
+  prefix_valid_GxP = slots_P[None, :] >= offset_G[:, None]
+  positions_GxP = jnp.maximum(slots_P[None, :] - offset_G[:, None], 0)
+  chunk_ends = _chunk_ends(n)
+  logits, prefixes, suffixes = [], [], []
+  for g in range(groups):
+    prompts_g = slice(g * prompts_per_group, (g + 1) * prompts_per_group)
+    logits_Gx1xV, _, prefix_caches = models.forward_cached(
+        model_config, params, prompt_tokens_GxP[prompts_g], positions_GxP[prompts_g], prefix_valid_GxP[prompts_g],
+        models.init_cache(model_config, prompts_per_group, p), jnp.int32(0), last_logits_only=True)
+    logits.append(jnp.repeat(logits_Gx1xV[:, 0], r, axis=0))
+    prefixes.append(prefix_caches)
+    suffixes.append(models.init_cache(model_config, rows, chunk_ends[0]))
+  state = _LoopState(i=jnp.int32(0), logits_BxV=jnp.concatenate(logits, axis=0), caches=tuple(suffixes),
+                     key_valid_BxS=jnp.zeros((b, 0), jnp.bool_), rows=_init_rows(b, cfg, pad_id))
+  dparams = functional.decode_params(model_config, params)  # once, outside the loop
+  prompt_lengths_B = jnp.repeat(prompt_lengths_G, r)
+
+  def body(s: _LoopState):
+    token_B, rows_out = _emit(s.rows, s.i, s.logits_BxV, rng, cfg, eos_id, pad_id)
+    position_B = prompt_lengths_B + s.i
+    logits, caches = [], []
+    for g, (prefix_caches, suffix_caches) in enumerate(zip(prefixes, s.caches)):
+      rows_g, prompts_g = slice(g * rows, (g + 1) * rows), slice(g * prompts_per_group, (g + 1) * prompts_per_group)
+      logits_GxV, suffix_caches = cascade.decode_step_grouped(
+          model_config, dparams, token_B[rows_g], position_B[rows_g], prefix_valid_GxP[prompts_g], prefix_caches,
+          suffix_caches, s.i)
+      logits.append(logits_GxV)
+      caches.append(suffix_caches)
+    return _LoopState(s.i + 1, jnp.concatenate(logits, axis=0), tuple(caches), s.key_valid_BxS, rows_out)
+
+  state = _decode_in_chunks(state, body, chunk_ends, max_new_tokens, n, check_every)
+  return SampleOutput(state.rows.tokens_BxN, state.rows.lengths_B, state.rows.logps_BxN)
 
 
 def _chunk_ends(n: int) -> tuple[int, ...]:
