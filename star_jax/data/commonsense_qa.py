@@ -50,7 +50,11 @@ from star_jax.data.tasks import Example, Task, as_str, require_answer, require_r
 
 CORRECT_MARK = " (CORRECT)"
 _LABEL_RE = re.compile(r"[A-Za-z0-9]")
-_ANSWER_RE = re.compile(r"\banswer is\b.*\(([A-Za-z0-9])\)\s*\.?\s*\Z", re.IGNORECASE)
+# The answer is '(x)' at the end of the first line (then optional whitespace, one '.', whitespace), after the
+# words 'answer is'. Matched in two linear steps instead of one regex: '\banswer is\b.*\(x\)\s*\.?\s*\Z'
+# backtracks quadratically over a long run of spaces (8.9 s on 40k spaces).
+_ANSWER_IS_RE = re.compile(r"\banswer is\b", re.IGNORECASE)
+_LABEL_PARENS_RE = re.compile(r"\(([A-Za-z0-9])\)", re.IGNORECASE)
 
 
 def gold_label(example: Example) -> str:
@@ -66,6 +70,24 @@ def conclusion(example: Example) -> str:
   """'Therefore, the answer is grocery cart (b).'"""
   label = gold_label(example)
   return f"Therefore, the answer is {dict(example.choices)[label]} ({label.lower()})."
+
+
+def answer_label(generation: str) -> str | None:
+  """The upper-case label of '... answer is ... (x).' ending the first line of `generation`, else None.
+
+  Linear time in the text's length (str.find / rstrip and two regexes without nested quantifiers); never
+  raises (None for a non-string).
+  """
+  if not isinstance(generation, str):
+    return None
+  end = generation.find("\n")
+  line = (generation if end < 0 else generation[:end]).rstrip()
+  if line.endswith("."):
+    line = line[:-1].rstrip()
+  m = _LABEL_PARENS_RE.fullmatch(line, len(line) - 3) if len(line) >= 3 else None
+  if m is None or _ANSWER_IS_RE.search(line, 0, len(line) - 3) is None:
+    return None
+  return m.group(1).upper()
 
 
 class CommonsenseQaTask(Task):
@@ -93,9 +115,7 @@ class CommonsenseQaTask(Task):
   def extract_answer(self, generation: str) -> str | None:
     if not isinstance(generation, str):
       return None
-    first_line = generation.split("\n", 1)[0]
-    m = _ANSWER_RE.search(first_line)
-    return None if m is None else m.group(1).upper()
+    return answer_label(generation)
 
   def is_correct(self, example: Example, generation: str) -> bool:
     """1(ŷ = y) on the choice label, ignoring case."""

@@ -36,7 +36,7 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from star_jax.data.jsonl import Record, read_jsonl
+from star_jax.data.jsonl import DataFormatError, Record, read_jsonl
 from star_jax.data.local_builder import LocalFilesBuilder, LocalFilesConfig, prepare
 from star_jax.data.tasks import Example, Task, as_str, require_answer, require_rationale
 
@@ -53,13 +53,16 @@ def strip_calculator_annotations(text: str) -> str:
   return _ANNOTATION_RE.sub("", text)
 
 
-def normalize_number(text: str) -> str | None:
-  """A canonical decimal string of `text`, or None if it is not one number.
+def normalize_number(text: str | None) -> str | None:
+  """A canonical decimal string of `text`, or None if it is not one number (or not a string at all).
 
   Accepts an optional '-', an optional '$', digits with or without ',' thousands separators (groups of
   three), an optional fraction and one trailing '.'; surrounding whitespace is ignored.
   '1,000' -> '1000', '$72.50' -> '72.5', '72.0' -> '72', '-0' -> '0', '1,00' -> None, '72 clips' -> None.
+  Never raises; the regex runs on at most MAX_NUMBER_CHARS characters.
   """
+  if not isinstance(text, str):
+    return None
   text = text.strip()
   if text.endswith(".") and not text.endswith(".."):
     text = text[:-1]
@@ -135,8 +138,9 @@ def example_from_record(record: Record) -> Example:
   question = record.get("question", str).strip()
   if not question:
     raise record.error("empty question")
+  solution = record.get("answer", str)  # (its own DataFormatError names the file once)
   try:
-    rationale, final = parse_solution(record.get("answer", str))
+    rationale, final = parse_solution(solution)
   except ValueError as e:
     raise record.error(f"key 'answer': {e}") from None
   answer = normalize_number(final)
@@ -147,8 +151,14 @@ def example_from_record(record: Record) -> Example:
 
 
 def read_examples(path: str | os.PathLike) -> list[Example]:
-  """Every line of a GSM8K JSONL file, parsed and validated (the whole file, before anything is written)."""
-  return [example_from_record(r) for r in read_jsonl(path)]
+  """Every line of a GSM8K JSONL file, parsed and validated (the whole file, before anything is written).
+
+  A file without any question is an error (`<path>:0: no questions in the file`), not an empty split.
+  """
+  examples = [example_from_record(r) for r in read_jsonl(path)]
+  if not examples:
+    raise DataFormatError(os.fspath(path), 0, "no questions in the file")
+  return examples
 
 
 # ---- TFDS builder ----

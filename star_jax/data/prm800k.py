@@ -15,8 +15,9 @@ index continued from, or null), `human_completion` (phase 1: a labeller-written 
     completion j with its rating (unrated alternatives, and trajectories without a rating, are skipped).
 
 So every rating in the file is used once (duplicate completions at a step once), each with exactly the
-context the labeller saw. A malformed
-record stops the build with an error naming the file and line (`path:line: ...`).
+context the labeller saw. A malformed record, a line that is not UTF-8, or a file without examples stops
+the build with an error naming the file and line (`path:line: ...`). The built dataset is keyed by a
+fingerprint of the files' contents, so changed files are rebuilt, never served stale.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
+from star_jax.data import jsonl
 from star_jax.data.local_builder import ArrayRecordBuilder, prepare
 
 SPLIT_FILES = ("phase1_train", "phase1_test", "phase2_train", "phase2_test")
@@ -127,20 +129,39 @@ def examples_from_record(record, where: str) -> list[StepExample]:
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[StepExample]:
-  """Every example of a PRM800K JSONL file; MalformedRecordError names `path:line` for a bad record."""
+  """Every example of a PRM800K JSONL file; MalformedRecordError names `path:line` for a bad record.
+
+  Lines are read as bytes and decoded as strict UTF-8 (a UTF-16 file, or any other encoding, is refused
+  naming the line). A file without any example is an error too (`path:0: ...`): TFDS would otherwise
+  fail later with "No examples were yielded" and no file named.
+  """
   name = os.fspath(path)
-  with open(name, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
+  records = examples = 0
+  with open(name, "rb") as f:
+    for line_no, raw in enumerate(f, start=1):
       where = f"{name}:{line_no}"
       try:
-        record = json.loads(line)
+        line = jsonl.decode_line(raw)
+      except ValueError as e:
+        raise MalformedRecordError(f"{where}: {e}") from None
+      if not line.strip():
+        continue
+      try:
+        record = jsonl.loads_json(line)
       except json.JSONDecodeError as e:
         raise MalformedRecordError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+      except ValueError as e:
+        raise MalformedRecordError(f"{where}: {e}") from None
       if not isinstance(record, dict):
         raise MalformedRecordError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
-      yield from examples_from_record(record, where)
+      records += 1
+      for example in examples_from_record(record, where):
+        examples += 1
+        yield example
+  if not records:
+    raise MalformedRecordError(f"{name}:0: no records in the file")
+  if not examples:
+    raise MalformedRecordError(f"{name}:0: none of its {records} records has a rated step (no examples)")
 
 
 def binary_targets(ratings) -> list[float | None]:
@@ -199,6 +220,13 @@ def split_files(manual_dir: str | os.PathLike) -> dict[str, str]:
 
 
 def build_prm800k(data_dir: str | os.PathLike, manual_dir: str | os.PathLike) -> PRM800K:
-  """Prepare (idempotent, no network) the builder from the JSONL files in `manual_dir`; returns it."""
-  split_files(manual_dir)  # a clear error before TFDS's own checks
-  return prepare(PRM800K(data_dir=os.fspath(data_dir)), manual_dir=manual_dir)
+  """Prepare (idempotent, no network) the builder from the JSONL files in `manual_dir`; returns it.
+
+  The dataset is written under a config named after a fingerprint of the files' contents
+  (`prm800k/files_<sha256[:12]>/1.0.0`), so an edited or added file is rebuilt instead of silently
+  reusing the data built from its old contents.
+  """
+  files = split_files(manual_dir)  # a clear error before TFDS's own checks
+  config = tfds.core.BuilderConfig(name=f"files_{jsonl.file_fingerprint(files)}",
+                                   description=f"PRM800K files in {os.fspath(manual_dir)}")
+  return prepare(PRM800K(data_dir=os.fspath(data_dir), config=config), manual_dir=manual_dir)

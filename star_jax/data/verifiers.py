@@ -162,7 +162,8 @@ def check_steps(p: Problem, generated_target: str) -> list[StepCheck]:
     wrong number is valid=True, correct=False. Scratch lines must match the format exactly (single spaces);
     the answer line tolerates surrounding whitespace, like `extract_answer`. Lines beyond
     expected_num_steps(p) are invalid; missing lines are simply absent. No '<scratch>' tag: no steps.
-    Never raises.
+    Never raises; linear time (about a microsecond per line: one StepCheck each), and only the first
+    expected_num_steps(p) lines are parsed.
     """
     text = _as_text(generated_target)
     if text is None:
@@ -171,10 +172,13 @@ def check_steps(p: Problem, generated_target: str) -> list[StepCheck]:
     if lines is None:
         return []
     states = scratchpad_states(p)
+    expected = expected_num_steps(p)
     out = []
-    for k, (line, _) in enumerate(lines):
+    for k, (line, _) in enumerate(lines[:expected]):
         valid, correct = _check_line(p, states, k, line)
         out.append(StepCheck(index=k, text=line, valid=valid, correct=valid and correct))
+    # Lines beyond the expected steps are invalid without parsing: the cost stays one object per line.
+    out.extend(StepCheck(k, line, False, False) for k, (line, _) in enumerate(lines[expected:], start=expected))
     return out
 
 
