@@ -49,6 +49,9 @@ class CheckpointError(ValueError):
 # ---- config ----
 
 _MISSING = object()
+_CONFIG_KEYS = {"vocab_size": "vocab_size", "d_model": "hidden_size", "n_layers": "num_hidden_layers",
+                "n_heads": "num_attention_heads", "n_kv_heads": "num_key_value_heads", "head_dim": "head_dim",
+                "d_ff": "intermediate_size"}
 
 
 def _positive_int(hf: dict, key: str, source: str, default=_MISSING) -> int:
@@ -136,7 +139,10 @@ def config_from_hf(hf: dict, source: str = "config.json", dtype: str | None = No
   except ValueError as e:  # ModelConfig's own checks (heads divisibility, an odd head_dim, ...)
     if isinstance(e, CheckpointError):
       raise
-    raise CheckpointError(f"{source}: {e}") from None
+    message = str(e)
+    for ours, key in _CONFIG_KEYS.items():  # name the config.json keys, not ModelConfig's fields
+      message = message.replace(f"model.{ours} ", f"{key} ")
+    raise CheckpointError(f"{source}: {message}") from None
 
 
 def hf_config_dict(config: ModelConfig, architecture: str, **extra) -> dict:
@@ -341,7 +347,8 @@ def load_hf(path: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | No
           raise CheckpointError(f"{file}: not found (named in the safetensors index)")
         handles[file] = _open_safetensors(file).__enter__()
       raw = _read_tensor(handles[file], file, hf_name, hf_shape)
-      value = np.ascontiguousarray(to_ours(raw)).astype(want_dtype)
+      with np.errstate(over="ignore"):  # an overflowing cast is reported below, naming the tensor
+        value = np.ascontiguousarray(to_ours(raw)).astype(want_dtype)
       bad = value.size - int(np.count_nonzero(np.isfinite(value)))
       if bad:
         stored_bad = raw.size - int(np.count_nonzero(np.isfinite(raw)))
