@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import sys
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import ml_collections
 
 from star_jax import io
 from star_jax.data import tasks
@@ -77,6 +80,7 @@ class TrainConfig:
   def __post_init__(self):
     for key in ("batch_size", "seq_len", "steps", "grad_accum_steps", "log_every"):
       require(getattr(self, key) > 0, f"train.{key}", getattr(self, key), "must be > 0")
+    require(math.isfinite(self.lr), "train.lr", self.lr, "must be a finite number")
     require(self.lr > 0, "train.lr", self.lr, "must be > 0")
     require(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, "must be >= 0")
     require(self.decay in ("cosine", "constant"), "train.decay", self.decay, "must be 'cosine' or 'constant'")
@@ -168,6 +172,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
   if annotation is float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       raise ValueError(f"config.{key} must be a number, got {value!r}")
+    if not math.isfinite(value):  # no setting means anything at NaN or inf (lr=inf trains to NaN)
+      raise ValueError(f"config.{key} must be a finite number, got {value!r}")
     return float(value)
   if annotation is str:
     if not isinstance(value, str):
@@ -292,3 +298,52 @@ def field_defaults(cls) -> dict[str, Any]:
     elif f.default_factory is not dataclasses.MISSING:
       out[f.name] = f.default_factory()
   return out
+
+
+def default_config(cls, omit: Sequence[str] = (), **sections) -> ml_collections.ConfigDict:
+  """A ConfigDict holding every field of the dataclass `cls` at its default, sections recursively.
+
+  Config files start from it and set only what differs, so a file reads as its recipe, the dataclasses
+  are the one place defaults (and their comments) live, and every field can still be overridden from
+  the command line (`--config.train.lr=3e-4`; ml_collections refuses keys a ConfigDict does not hold).
+  `sections` replaces whole sections by name (e.g. `model=<a Hugging Face model section>`); `omit` leaves
+  out fields that are not config keys (derived by the converter, e.g. StarExperimentConfig.hf_path).
+  """
+  hints = typing.get_type_hints(cls)
+  c = ml_collections.ConfigDict()
+  for f in dataclasses.fields(cls):
+    if f.name in omit:
+      continue
+    if f.name in sections:
+      value = sections[f.name]
+    elif dataclasses.is_dataclass(hints[f.name]):
+      value = default_config(hints[f.name])
+    else:
+      value = field_defaults(cls)[f.name]
+    c[f.name] = value
+  unknown = sorted(set(sections) - {f.name for f in dataclasses.fields(cls)})
+  if unknown:
+    raise ValueError(f"default_config: {cls.__name__} has no section(s) {unknown}")
+  return c
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing (app.run's `flags_parser`), except that an override of a key the config does not
+  have (`--config.foo.bar=1`, ml_collections' bare KeyError/AttributeError "'foo'") exits with a usage
+  error naming the key and the argument."""
+  from absl import app  # noqa: PLC0415 (only the command-line entry points parse flags)
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (KeyError, AttributeError) as e:
+    missing = str(e.args[0] if e.args else e).split("'")[1:2]
+    for arg in argv[1:]:
+      flag, _, _ = arg.lstrip("-").partition("=")
+      if not missing or not flag.startswith("config."):
+        continue
+      path = flag.split(".")[1:]
+      if missing[0] in path:
+        key = "config." + ".".join(path[:path.index(missing[0]) + 1])
+        print(f"FATAL Flags parsing error: {arg}: the config has no key {key} (an override must name an existing "
+              "key; see the config file)", file=sys.stderr)
+        sys.exit(1)
+    raise

@@ -5,31 +5,30 @@ generation cap and number of few-shot exemplars, plus the "tiny" variant.
 Not a config itself (no get_config): task configs import it (experiments.configs is a package):
 
   from experiments.configs import common
-  c = common.new_config()  # kind "star", model, an empty data section
+  c = common.new_config()  # kind "star", a pretrained model section, every other field at its default
   c.data.task = ...  # the task's data section
   return common.add_star_sections(c, arg, seq_len=..., eval_split=..., max_new_tokens=..., num_shots=...)
 """
 
 import ml_collections
 
+from star_jax.star import config as star_config
+
 
 def new_config() -> ml_collections.ConfigDict:
-  """A config with the `model` section of a pretrained checkpoint and an empty `data` section to fill in."""
-  c = ml_collections.ConfigDict()
-  c.kind = "star"  # the job star_jax.main runs: the STaR loop
-
-  c.model = ml_collections.ConfigDict()
-  c.model.hf_path = ""  # REQUIRED: local Hugging Face model dir (config.json, *.safetensors, tokenizer.json)
-  c.model.dtype = "bfloat16"  # compute dtype (the architecture itself comes from the checkpoint's config.json)
-  c.model.param_dtype = "float32"  # stored params and optimizer state: lr 1e-6 updates vanish in bfloat16
-
-  c.data = ml_collections.ConfigDict()
-  return c
+  """A STaR config at its defaults (kind "star") with the `model` section of a pretrained checkpoint; the task
+  config fills in `data`."""
+  model = ml_collections.ConfigDict()
+  model.hf_path = ""  # REQUIRED: local Hugging Face model dir (config.json, *.safetensors, tokenizer.json)
+  model.dtype = "bfloat16"  # compute dtype (the architecture itself comes from the checkpoint's config.json)
+  model.param_dtype = "float32"  # stored params and optimizer state: lr 1e-6 updates vanish in bfloat16
+  return star_config.default_config(model=model)
 
 
 def add_star_sections(c: ml_collections.ConfigDict, arg: str, *, seq_len: int, eval_split: str,
                       max_new_tokens: int, num_shots: int) -> ml_collections.ConfigDict:
-  """Adds train/checkpoint/eval/mesh/star to `c` (from `new_config`) and applies the variant `arg`.
+  """Sets the paper's recipe in train/checkpoint/eval/mesh/star of `c` (from `new_config`; every other field
+  keeps its default, star_jax/config.py and star/config.py) and applies the variant `arg`.
 
   Args:
     c: the config from `new_config`, its data section filled in by the task config.
@@ -42,7 +41,6 @@ def add_star_sections(c: ml_collections.ConfigDict, arg: str, *, seq_len: int, e
   Returns:
     `c`, completed.
   """
-  c.train = ml_collections.ConfigDict()
   c.train.batch_size = 8  # global rows per step (the paper: 8); a multiple of the mesh's data x fsdp size
   c.train.seq_len = seq_len  # tokens per row (set by the task config)
   c.train.steps = 1  # unused: the per-iteration schedule (star.base_steps, star.growth) sets the steps
@@ -51,38 +49,22 @@ def add_star_sections(c: ml_collections.ConfigDict, arg: str, *, seq_len: int, e
   c.train.decay = "constant"  # constant after warmup (the paper: constant lr)
   c.train.min_lr_ratio = 1.0  # unused with a constant schedule
   c.train.weight_decay = 0.0  # the paper: no weight decay
-  c.train.b1 = 0.9  # AdamW first-moment decay
-  c.train.b2 = 0.99  # AdamW second-moment decay
-  c.train.grad_clip = 1.0  # global-norm clip (the paper: 1)
-  c.train.grad_accum_steps = 1  # micro-batches per update (raise if a batch of 8 rows does not fit)
-  c.train.seed = 0  # per-step rng
   c.train.log_every = 10  # metric interval (TensorBoard + logs/metrics.jsonl)
 
-  c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 50  # save interval within each fine-tuning (and at its end)
   c.checkpoint.keep = 1  # checkpoints kept per fine-tuning (the last one is M_n)
 
-  c.eval = ml_collections.ConfigDict()
   c.eval.split = eval_split  # held-out split (greedy accuracy of M_n each iteration; set by the task config)
   c.eval.batch_size = 64  # prompts decoded together
   c.eval.max_new_tokens = max_new_tokens  # generation cap (set by the task config)
-  c.eval.num_shots = 0  # exemplars before each eval prompt (0: the fine-tuned model answers zero-shot)
 
-  c.mesh = ml_collections.ConfigDict()
   c.mesh.axes = (("data", 1), ("fsdp", -1), ("tensor", 1))  # FSDP over all chips (-1: all remaining devices)
 
-  c.star = ml_collections.ConfigDict()
-  c.star.iterations = 10  # outer-loop iterations N
+  # star keeps its defaults otherwise: 10 iterations, growth 1.2, rationalization on, restart from base, all of D
   c.star.base_steps = 40  # fine-tuning steps of iteration 1 (the paper: 40)
-  c.star.growth = 1.2  # steps grow 20% per iteration (the paper's schedule)
-  c.star.rationalize = True  # retry failures with the task's hint ('Q: ... (72)', '(CORRECT)'); hint removed when saved
-  c.star.restart_from_base = True  # fine-tune from the pretrained checkpoint every iteration (False: from M_{n-1})
-  c.star.fraction_of_D = 1.0  # fraction of D generated on per iteration (drawn anew each iteration)
-  c.star.temperature = 0.0  # rationale sampling temperature (0 = greedy)
   c.star.max_new_tokens = max_new_tokens  # generation cap while generating and rationalizing (= eval's)
   c.star.generate_batch_size = 64  # prompts decoded together while generating
   c.star.num_shots = num_shots  # exemplars before each generation prompt (hinted when rationalizing)
-  c.star.seed = 0  # every rng of the loop derives from (seed, iteration, phase)
 
   if arg == "tiny":
     c.model.dtype = "float32"

@@ -22,6 +22,8 @@ The SWEEPS below run with the sweep runner (one rl.run per member, one shared ba
 import ml_collections
 
 from experiments.configs import star_arithmetic
+from star_jax import config
+from star_jax.pg import config as pg_config
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -30,31 +32,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = star_arithmetic.get_config(arg)
   c.kind = "pg"  # the job star_jax.main runs: policy-gradient STaR (star_jax/pg/)
 
-  c.rl = ml_collections.ConfigDict()
-  c.rl.steps = 300  # policy updates (each: sample G x K responses, score, update)
-  c.rl.token_budget = 0  # stop early once this many response tokens were sampled (0: off); for equal-token comparisons
-  c.rl.questions_per_step = 32  # G questions per step, without replacement through D (10,000 questions)
-  c.rl.samples_per_question = 8  # K responses per question: 256 samples, ~25k sampled tokens per step
-  c.rl.temperature = 1.0  # sampling temperature = the trained policy's (softmax(logits / T))
-  c.rl.max_new_tokens = 192  # generation cap (= star.max_new_tokens; each batch also caps at its longest target + 16)
-  c.rl.advantage = "rloo"  # none (the paper's REINFORCE) | batch_mean | group_mean | rloo | grpo
-  c.rl.normalisation = "sequence_sum"  # sequence_sum (exact ∇J) | token_mean | sequence_mean
-  c.rl.ppo_epochs = 1  # passes over each batch of samples (1: on-policy REINFORCE)
-  c.rl.minibatches = 1  # optimizer steps per pass
-  c.rl.clip_eps = 0.0  # PPO ratio clip (0: off); needed once ppo_epochs x minibatches > 1
-  c.rl.process_reward = 0.0  # w > 0: + w x (scratchpad steps right before the first error) / (steps), pg.loop.step_rewarded
-  c.rl.process_reward_model = ""  # a trained PRM's directory (experiments/prm_arithmetic/study.py's prm/): its step scores replace the exact ones
-  c.rl.kl_coef = 0.0  # β of the KL to the base model (0: no reference forward)
-  c.rl.kl_estimator = "k3"  # k1 | k2 | k3 (see star_jax/pg/kl.py)
-  c.rl.kl_mode = "loss"  # "loss" (per-token penalty) | "reward" (R − β Σ_t k: exact ∇(J − β KL) with k1)
-  c.rl.kl_target = 0.0  # > 0: adapt β toward this per-sequence KL (nats)
-  c.rl.kl_horizon = 10_000  # adaptive β: samples for a ~20% change
-  c.rl.lr = 1e-4  # Adam lr of the RL updates (constant; betas, weight decay and clipping from train.*)
+  # The rl section at its defaults (star_jax/pg/config.py: RLOO, no KL, T = 1, lr 1e-4...), changed only here:
+  c.rl = config.default_config(pg_config.RLConfig)
+  c.rl.steps = 300  # policy updates (each: sample G x K = 32 x 8 responses, ~25k sampled tokens, score, update)
   c.rl.warmup_steps = 10  # lr warmup in optimizer steps
-  c.rl.log_every = 1  # steps between metric records
   c.rl.eval_every = 25  # steps between held-out evaluations (greedy accuracy + KL to base)
-  c.rl.base_workdir = ""  # a STaR workdir whose base/ is the base model ("" = train it in this workdir)
-  c.rl.seed = 0  # question order and sampling keys
 
   c.checkpoint.every_steps = 25  # RL checkpoints (the base model's training uses the same interval)
 

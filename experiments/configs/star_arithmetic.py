@@ -13,78 +13,48 @@ each with the plain and the hinted prompt. |P| is 528 problems, 1.3% of |D|, her
 the demo's is 210, 1.0% of its |D|.
 
 Validated by star_jax.star.config.star_experiment_from_config (sections model/data/train/checkpoint/eval/mesh
-as in arithmetic.py, plus `star`). `train` is used twice: for the base model (star.seed_steps steps) and
+as in arithmetic.py, plus `star`; every field starts at its dataclass default and this file sets what differs).
+`train` is used twice: for the base model (star.seed_steps steps) and
 for every iteration's fine-tuning (its steps replaced by ceil(star.base_steps * star.growth^(n-1))).
 SWEEPS below are named lists of override sets for `python -m experiments.sweep`.
 """
 
 import ml_collections
 
-from experiments.configs import arithmetic
+from star_jax.star import config as star_config
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.kind = "star"  # the job star_jax.main runs: the STaR loop
-
-  c.model = arithmetic.get_config().model  # the SFT job's model section (see arithmetic.py), made smaller:
+  # Every field starts at its default (star_jax/config.py, star/config.py: the comments live there);
+  # only what this recipe changes is set below.
+  c = star_config.default_config()  # kind "star": the STaR loop
+  c.model.n_kv_heads = 4  # = n_heads, spelled out (the saved configs of existing workdirs hold 4)
   c.model.d_model, c.model.n_layers = 64, 3  # 3.5x faster steps than 128 x 4; learns 1-3 digit addition
 
-  c.data = ml_collections.ConfigDict()
-  c.data.task = "arithmetic"  # the STaR paper's n-digit addition with scratchpads
-  c.data.data_dir = ""  # TFDS data dir; "" = <workdir>/data
-  c.data.max_train_digits = 5  # D has questions with 1..5-digit operands
-  c.data.max_test_digits = 8  # held-out 1..8 digits (6-8: length generalisation)
   c.data.rationales_per_digit = 1000  # pool of the seed scratchpads and carry facts; disjoint from D and tests
   c.data.questions_per_digit = 10_000  # STaR's dataset D per length (1 digit: all 81), answers only
-  c.data.test_per_digit = 100  # held-out problems per length
-  c.data.pack = True  # pack examples into rows with per-example attention
-  c.data.seed = 0  # dataset generation seed
 
-  c.train = ml_collections.ConfigDict()
   c.train.batch_size = 16  # global rows per step
   c.train.seq_len = 256  # tokens per row (a 5-digit example is ~200 tokens; generations are capped to fit)
   c.train.steps = 1  # unused: star.seed_steps / the per-iteration schedule set the steps
-  c.train.lr = 2e-3  # peak learning rate
   c.train.warmup_steps = 50  # linear warmup (each fine-tuning restarts its schedule)
-  c.train.decay = "cosine"  # cosine decay to lr * min_lr_ratio over each fine-tuning's steps
-  c.train.min_lr_ratio = 0.1  # final lr / peak lr of the cosine decay
-  c.train.weight_decay = 0.01  # AdamW decoupled decay (matrices only)
-  c.train.b1 = 0.9  # AdamW first-moment decay
-  c.train.b2 = 0.99  # AdamW second-moment decay
-  c.train.grad_clip = 1.0  # global-norm clip
-  c.train.grad_accum_steps = 1  # micro-batches per update
-  c.train.seed = 0  # the base model's random init
   c.train.log_every = 25  # metric interval (TensorBoard + logs/metrics.jsonl)
 
-  c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 200  # save interval within each fine-tuning (and at its end)
   c.checkpoint.keep = 1  # checkpoints kept per fine-tuning (the last one is M_n)
 
-  c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 100  # prompts decoded together
   c.eval.max_new_tokens = 288  # cap (an 8-digit target is 268 characters)
 
-  c.mesh = ml_collections.ConfigDict()
-  c.mesh.axes = (("data", -1), ("fsdp", 1), ("tensor", 1))  # -1: all remaining devices
-
-  c.star = ml_collections.ConfigDict()
   c.star.iterations = 8  # outer-loop iterations N (full5: 96.5% after 6, 99.6% after 8)
   c.star.base_steps = 800  # fine-tuning steps of iteration 1 (fewer underfit the kept set: experiments/star_arithmetic/)
-  c.star.growth = 1.2  # steps grow 20% per iteration (the paper's schedule)
-  c.star.rationalize = True  # retry failures with the answer as a hint; the hint is removed before saving
-  c.star.restart_from_base = True  # fine-tune from the base model every iteration (False: from M_{n-1})
   c.star.fraction_of_D = 0.05  # fraction of D generated on per iteration (drawn anew each iteration): ~2,000
-  c.star.temperature = 0.0  # rationale sampling temperature (0 = greedy)
-  c.star.max_new_tokens = 192  # generation cap (a 5-digit target is 163 characters)
-  c.star.generate_batch_size = 256  # prompts decoded together while generating
   c.star.mix_seed = True  # also fine-tune on P (not in Algorithm 1: our stand-in for the paper's few-shot prompt)
   c.star.seed_per_digit = 100  # base model: scratchpads per length 2..5 (30 left 4-5 digits unrationalized: full2)
   c.star.one_digit_repeats = 3  # base model: the 81 one-digit seeds 3 times (else 1-digit fell to 12%: full3)
   c.star.carry_fact_digits = 3  # base model: + the ~90 2-3 digit split problems showing every x + y + carry fact
   c.star.seed_steps = 3000  # base model: training steps on the seed examples (plain + hinted prompts)
-  c.star.seed = 0  # every rng of the loop derives from (seed, iteration, phase)
-  # few-shot prompting is not implemented: the base model is fine-tuned on the seed examples instead.
+  # few-shot prompting is not implemented for arithmetic: the base model is fine-tuned on the seed examples instead.
 
   if arg == "demo":  # `make demo`: 1-3 digit D, a small model, a ~2 minute base model, two iterations
     c.data.max_train_digits, c.data.max_test_digits, c.data.test_per_digit = 3, 4, 50

@@ -19,9 +19,9 @@ dataset's own format with an extra "rationale" (the reasoning, without 'Therefor
 which is appended from answerKey); see star_jax/data/commonsense_qa.py. The official test split has no
 answerKey; it may be given as data.test_path but is never evaluated.
 
-Only the data section and a few task-dependent sizes are set here; the model, train, checkpoint, eval,
-mesh and star sections and the "tiny" variant are experiments/configs/common.py's (shared with
-star_gsm8k.py).
+Only the task and a few task-dependent sizes are set here; the paper's recipe for the train, checkpoint,
+eval, mesh and star sections and the "tiny" variant are experiments/configs/common.py's (shared with
+star_gsm8k.py); every other field keeps its dataclass default.
 """
 
 import ml_collections
@@ -30,15 +30,14 @@ from experiments.configs import common
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  c = common.new_config()  # the model section of a pretrained checkpoint; common.add_star_sections adds the rest
+  c = common.new_config()  # a pretrained model section, every other field at its default; the recipe is below
 
   c.data.task = "commonsense_qa"  # star_jax.data.tasks.get_task: prompts, '(CORRECT)' hint, answer extraction
-  c.data.data_dir = ""  # TFDS data dir for the built dataset; "" = <workdir>/data
-  c.data.train_path = ""  # REQUIRED: train_rand_split.jsonl (STaR's D)
-  c.data.validation_path = ""  # dev_rand_split.jsonl: held-out accuracy each iteration ("" = no evaluation)
-  c.data.test_path = ""  # optional test_rand_split_no_answers.jsonl (unlabeled: built, never scored)
-  c.data.few_shot_path = ""  # REQUIRED when star.num_shots > 0: exemplars with a "rationale" on every line
-  c.data.pack = True  # pack several examples per row (per-example attention masks) instead of padding
+  # Given on the command line (all default to ""):
+  #   data.train_path       REQUIRED: train_rand_split.jsonl (STaR's D)
+  #   data.validation_path  dev_rand_split.jsonl: held-out accuracy each iteration ("" = no evaluation)
+  #   data.test_path        optional test_rand_split_no_answers.jsonl (unlabeled: built, never scored)
+  #   data.few_shot_path    REQUIRED when star.num_shots > 0: exemplars with a "rationale" on every line
 
   return common.add_star_sections(
       c, arg,

@@ -17,9 +17,9 @@ loaded with star_jax.models.load_hf and tokenized with star_jax.data.HFTokenizer
 GSM8K JSONL ({"question", "answer"}, the final answer after '####'), built into TFDS by
 star_jax.data.gsm8k.build_gsm8k; texts, hint and answer extraction are star_jax.data.gsm8k.Gsm8kTask.
 
-Only the data section and a few task-dependent sizes are set here; the model, train, checkpoint, eval,
-mesh and star sections and the "tiny" variant are experiments/configs/common.py's (shared with
-star_commonsense_qa.py).
+Only the task and a few task-dependent sizes are set here; the paper's recipe for the train, checkpoint,
+eval, mesh and star sections and the "tiny" variant are experiments/configs/common.py's (shared with
+star_commonsense_qa.py); every other field keeps its dataclass default.
 """
 
 import ml_collections
@@ -28,13 +28,12 @@ from experiments.configs import common
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  c = common.new_config()  # the model section of a pretrained checkpoint; common.add_star_sections adds the rest
+  c = common.new_config()  # a pretrained model section, every other field at its default; the recipe is below
 
   c.data.task = "gsm8k"  # star_jax.data.tasks.get_task: prompts, hints, answer extraction
-  c.data.data_dir = ""  # TFDS data dir for the built dataset; "" = <workdir>/data
-  c.data.train_path = ""  # REQUIRED: GSM8K train.jsonl (STaR's D; few-shot exemplars come from it too)
-  c.data.test_path = ""  # GSM8K test.jsonl: held-out accuracy each iteration ("" = no evaluation)
-  c.data.pack = True  # pack several examples per row (per-example attention masks) instead of padding
+  # Given on the command line (both default to ""):
+  #   data.train_path  REQUIRED: GSM8K train.jsonl (STaR's D; few-shot exemplars come from it too)
+  #   data.test_path   GSM8K test.jsonl: held-out accuracy each iteration ("" = no evaluation)
 
   return common.add_star_sections(
       c, arg,

@@ -10,7 +10,10 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import ml_collections
+
 from star_jax.config import TASK_PATHS, ExperimentConfig, ModelConfig, from_mapping, model_from_hf, require
+from star_jax.config import default_config as config_default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,3 +99,10 @@ def star_experiment_from_config(config: Mapping[str, Any], cls: type = StarExper
     model_section.pop("hf_path", None)
     config["model"] = from_mapping(ModelConfig, model_section, "model")
   return from_mapping(cls, config)
+
+
+def default_config(cls: type = StarExperimentConfig, **sections) -> ml_collections.ConfigDict:
+  """Every field of a STaR experiment (or of the subclass `cls`) at its default, as a ConfigDict for config
+  files to start from (`config.default_config`; `sections` replaces whole sections); `hf_path` is set as
+  `model.hf_path`, so it is left out."""
+  return config_default(cls, omit=("hf_path",), **sections)
