@@ -64,7 +64,7 @@ def test_example_rejects_wrong_types(kwargs):
 # ---- registry ----
 
 def test_registry_returns_each_task():
-  assert task_names() == ["arithmetic", "commonsense_qa", "gsm8k"]
+  assert task_names() == ["arithmetic", "commonsense_qa", "game24", "gsm8k"]
   for name in task_names():
     task = get_task(name)
     assert isinstance(task, Task) and task.name == name
@@ -73,7 +73,7 @@ def test_registry_returns_each_task():
 
 
 def test_registry_unknown_name_lists_the_known_ones():
-  with pytest.raises(ValueError, match="unknown task 'gsm9k'; known tasks: arithmetic, commonsense_qa, gsm8k"):
+  with pytest.raises(ValueError, match="unknown task 'gsm9k'; known tasks: arithmetic, commonsense_qa, game24, gsm8k"):
     get_task("gsm9k")
 
 

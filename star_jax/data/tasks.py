@@ -318,6 +318,7 @@ _TASKS: dict[str, str | type[Task]] = {
     "arithmetic": ArithmeticTask,
     "gsm8k": "star_jax.data.gsm8k:Gsm8kTask",
     "commonsense_qa": "star_jax.data.commonsense_qa:CommonsenseQaTask",
+    "game24": "star_jax.data.game24:Game24Task",
 }
 
 
