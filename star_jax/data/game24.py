@@ -70,7 +70,6 @@ MAX_STEP_CHARS = 200  # longer step lines are malformed
 MAX_STEP_LINES = 6  # step lines examined (only 3 are legal)
 MAX_DEPTH = 32  # parentheses and unary signs nested deeper: malformed
 MAX_GENERATION_CHARS = 192  # generation/eval cap (characters): the longest solver output is shorter (tested)
-OPS = ("+", "-", "*", "/")
 ANSWER_PREFIX = "Answer:"
 # The difficulty groups: the chance that a uniformly random legal mover solves the puzzle (`random_solve_rate`).
 # Boundaries near the puzzle set's tertiles (rates 0.2% and 0.5%; the mean over puzzles is 0.59%).
