@@ -151,8 +151,12 @@ class PRMValue:
       raise ValueError(f"{directory}: the reward model has no process head (prm_classes = 0); a PRM value needs one")
     return cls(model_config, params, tokenizer, task, mesh, **kwargs)
 
+  def inputs(self, example: Example, state: State) -> dict[str, np.ndarray]:
+    """The reward model's input for a state: [BOS] + prompt + steps, every step end marked for reading."""
+    return prm_reward.scoring_example(self.tokenizer, self.task, example, state.text)
+
   def __call__(self, examples: Sequence[Example], states: Sequence[State]) -> StateValues:
-    inputs = [prm_reward.scoring_example(self.tokenizer, self.task, e, s.text) for e, s in zip(examples, states)]
+    inputs = [self.inputs(e, s) for e, s in zip(examples, states)]
     for e, x in zip(examples, inputs):
       if len(x["inputs"]) > self.seq_len:
         raise ValueError(f"PRMValue: a state of problem {e.id or e.question!r} has {len(x['inputs'])} tokens > "
