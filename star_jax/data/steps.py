@@ -10,7 +10,10 @@ labels at each step's end token and aggregates step scores; the policy gradient 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
+
+_VISIBLE_RE = re.compile(r"\S")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,12 +23,14 @@ class Step:
   end: int  # offset of the delimiter that closes it, or len(solution) when unterminated
 
 
-def split_steps(text: str, delimiter: str = "\n", start_after: str | None = None) -> list[Step]:
+def split_steps(text: str, delimiter: str = "\n", start_after: str | None = None,
+                max_steps: int | None = None) -> list[Step]:
   """The non-empty (after strip) pieces of `text` between delimiters, with their offsets.
 
   With `start_after` (e.g. "<scratch>"), only what follows its first occurrence counts, and no tag means
   no steps: for arithmetic this is exactly the steps of `verifiers.check_steps` (same `end` offsets as
-  `verifiers.step_end_offsets`).
+  `verifiers.step_end_offsets`, both at most `verifiers.MAX_STEP_LINES`). With `max_steps`, only the first
+  that many steps (the rest of the text is not examined).
   """
   if not delimiter:
     raise ValueError("split_steps: the delimiter must be a non-empty string")
@@ -37,10 +42,18 @@ def split_steps(text: str, delimiter: str = "\n", start_after: str | None = None
     pos = found + len(start_after)
   steps = []
   while pos <= len(text):
+    if len(delimiter) == 1:  # jump over blank pieces in C: the next step starts after the delimiter before a \S
+      visible = _VISIBLE_RE.search(text, pos)
+      if visible is None:
+        break
+      before = text.rfind(delimiter, pos, visible.start())
+      pos = pos if before < 0 else before + 1
     end = text.find(delimiter, pos)
     end = len(text) if end < 0 else end
     if text[pos:end].strip():
       steps.append(Step(text[pos:end], pos, end))
+      if max_steps is not None and len(steps) >= max_steps:
+        break
     pos = end + len(delimiter)
   return steps
 

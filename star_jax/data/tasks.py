@@ -300,8 +300,9 @@ class ArithmeticTask(Task):
     return {}  # (the arithmetic record format predates the `predicted` field)
 
   def steps(self, generation: str) -> list[Step]:
-    """The scratchpad's lines after '<scratch>': exactly the steps of verifiers.check_steps."""
-    return split_steps(generation, "\n", start_after=arithmetic.SCRATCH_OPEN)
+    """The scratchpad's lines after '<scratch>' (at most verifiers.MAX_STEP_LINES): exactly the steps of
+    verifiers.check_steps."""
+    return split_steps(generation, "\n", start_after=arithmetic.SCRATCH_OPEN, max_steps=verifiers.MAX_STEP_LINES)
 
   has_step_checks = True
 

@@ -25,6 +25,9 @@ from star_jax.data.arithmetic import (
 
 NO_ANSWER = None
 MAX_ANSWER_DIGITS = 1000  # longer digit strings are treated as garbage (and int() stays cheap)
+# Step lines examined (check_steps, step_end_offsets, ArithmeticTask.steps): more than any problem that
+# parse_question accepts has (1000 digits + 4); later lines are not steps, so the work per text is bounded.
+MAX_STEP_LINES = 1024
 
 _DIGITS = r"[0-9](?: [0-9])*"
 _ANSWER_RE = re.compile(_DIGITS)
@@ -32,6 +35,7 @@ _QUESTION_LINE_RE = re.compile(rf"({_DIGITS}) \+ ({_DIGITS}) , C: ([0-9])")
 _PAIR_LINE_RE = re.compile(rf"([0-9]) \+ ([0-9]) , ({_DIGITS}) C: ([0-9])")
 _LAST_SUM_LINE_RE = re.compile(rf", ({_DIGITS}) C: ([0-9])")
 _FINAL_LINE_RE = re.compile(_DIGITS)
+_VISIBLE_RE = re.compile(r"\S")
 
 
 def _as_text(generated: object) -> str | None:
@@ -43,18 +47,26 @@ def _as_text(generated: object) -> str | None:
     return generated if isinstance(generated, str) else None
 
 
-def _lines_after(text: str, tag: str) -> list[tuple[str, int]] | None:
-    """(line, end offset) of the non-empty lines after the first `tag`; None without the tag.
+def _lines_after(text: str, tag: str, max_lines: int = MAX_STEP_LINES) -> list[tuple[str, int]] | None:
+    """(line, end offset) of the first `max_lines` non-empty lines after the first `tag`; None without the tag.
 
     The rest of the tag's own line counts as a line. The end offset is the index in `text` of the line's
-    terminating newline (or len(text) for an unterminated last line).
+    terminating newline (or len(text) for an unterminated last line). Lines after the last one returned
+    are not examined.
     """
     pos = text.find(tag)
     if pos < 0:
         return None
     out, start = [], pos + len(tag)
-    for line in text[start:].split("\n"):
-        end = start + len(line)
+    while start <= len(text) and len(out) < max_lines:
+        visible = _VISIBLE_RE.search(text, start)  # jump over blank lines in C
+        if visible is None:
+            break
+        before = text.rfind("\n", start, visible.start())
+        start = start if before < 0 else before + 1
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        line = text[start:end]
         if line.strip():
             out.append((line, end))
         start = end + 1
@@ -70,7 +82,7 @@ def extract_answer(generated_target: str) -> int | None:
     text = _as_text(generated_target)
     if text is None:
         return NO_ANSWER
-    lines = _lines_after(text, SCRATCH_CLOSE)
+    lines = _lines_after(text, SCRATCH_CLOSE, max_lines=1)
     if not lines:
         return NO_ANSWER
     line = lines[0][0].strip()
@@ -157,13 +169,13 @@ def check_steps(p: Problem, generated_target: str) -> list[StepCheck]:
     """Checks every step of a generated target against the true scratchpad, position by position.
 
     Steps are the non-empty lines after the first '<scratch>' (the rest of that tag's line counts if
-    non-empty): each scratch line, '</scratch>' and the answer line. Fields (pair digits, partial-sum digits,
+    non-empty), at most MAX_STEP_LINES of them: each scratch line, '</scratch>' and the answer line. Fields (pair digits, partial-sum digits,
     carry, answer) are parsed and compared, so a malformed line is valid=False and a well-formed line with a
     wrong number is valid=True, correct=False. Scratch lines must match the format exactly (single spaces);
     the answer line tolerates surrounding whitespace, like `extract_answer`. Lines beyond
     expected_num_steps(p) are invalid; missing lines are simply absent. No '<scratch>' tag: no steps.
-    Never raises; linear time (about a microsecond per line: one StepCheck each), and only the first
-    expected_num_steps(p) lines are parsed.
+    Never raises; bounded work: at most MAX_STEP_LINES lines are examined (one StepCheck each) and only
+    the first expected_num_steps(p) of them parsed.
     """
     text = _as_text(generated_target)
     if text is None:
@@ -183,7 +195,8 @@ def check_steps(p: Problem, generated_target: str) -> list[StepCheck]:
 
 
 def step_end_offsets(generated_target: str) -> list[int]:
-    """Character offset of the end of each step of `check_steps` (its newline, or len(text) if unterminated).
+    """Character offset of the end of each step of `check_steps` (its newline, or len(text) if unterminated;
+    at most MAX_STEP_LINES steps).
 
     With the character tokenizer this is also the token offset within the target, where a process reward
     head reads its label.
