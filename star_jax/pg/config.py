@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from star_jax.config import require
-from star_jax.pg import advantages, kl, objectives
+from star_jax.pg import advantages, credit, kl, objectives
 from star_jax.star.config import StarExperimentConfig, star_experiment_from_config
 
 KL_MODES = ("loss", "reward")
@@ -34,6 +34,11 @@ class RLConfig:
   clip_eps: float = 0.0  # PPO ratio clipping epsilon (0: none; the importance ratio is still applied)
   process_reward: float = 0.0  # w > 0: R = 1(ŷ = y) + w · (steps right before the first error) / (steps expected), rl.step_rewarded
   process_reward_model: str = ""  # a trained PRM directory (experiments/prm_arithmetic/study.py writes one): prm/reward.py
+  credit: str = "sequence"  # credit.CREDITS: "sequence" (one advantage per response) | "reward_to_go" (per-step LOO baselines) | "gae" (value head)
+  gae_gamma: float = 1.0  # rl.credit = "gae": discount γ per token
+  gae_lambda: float = 0.95  # rl.credit = "gae": GAE's λ (1: Monte-Carlo returns minus the value; 0: one-step TD errors)
+  value_coef: float = 0.1  # rl.credit = "gae": weight c of the value loss c · ½(V − Ĝ)² (token mean) added to the policy loss
+  value_lr: float = 1e-3  # rl.credit = "gae": Adam learning rate of the value head (its trunk is the policy's, at rl.lr)
   kl_coef: float = 0.0  # β of the KL penalty to the base model (0: no reference forward pass at all)
   kl_estimator: str = "k3"  # kl.KL_ESTIMATORS: k1 | k2 | k3
   kl_mode: str = "loss"  # "loss": β·k per token in the loss; "reward": R − β·Σ_t k before the advantages
@@ -61,6 +66,21 @@ class RLConfig:
     require(self.process_reward >= 0, "rl.process_reward", self.process_reward, "must be >= 0")
     require(not self.process_reward_model or self.process_reward > 0, "rl.process_reward_model",
              self.process_reward_model, "needs rl.process_reward > 0 (the weight w of its step scores)")
+    require(self.credit in credit.CREDITS, "rl.credit", self.credit, f"must be one of {list(credit.CREDITS)}")
+    if self.credit == "reward_to_go":
+      require(self.advantage in ("rloo", "none"), "rl.advantage", self.advantage,
+               "must be 'rloo' (per-step leave-one-out baselines) or 'none' (no baseline) with rl.credit='reward_to_go'")
+    if self.credit == "gae":
+      require(self.advantage == "none", "rl.advantage", self.advantage,
+               "must be 'none' with rl.credit='gae' (the value head is the baseline)")
+    require(0 < self.gae_gamma <= 1, "rl.gae_gamma", self.gae_gamma, "must be in (0, 1]")
+    require(0 <= self.gae_lambda <= 1, "rl.gae_lambda", self.gae_lambda, "must be in [0, 1]")
+    require(self.value_coef >= 0, "rl.value_coef", self.value_coef, "must be >= 0")
+    require(self.value_lr > 0, "rl.value_lr", self.value_lr, "must be > 0")
+    if self.credit != "gae":
+      for key in ("gae_gamma", "gae_lambda", "value_coef", "value_lr"):
+        require(getattr(self, key) == getattr(RLConfig, key), f"rl.{key}", getattr(self, key),
+                 "is used only with rl.credit='gae' (leave it at its default)")
     require(self.kl_estimator in kl.KL_ESTIMATORS, "rl.kl_estimator", self.kl_estimator,
              f"must be one of {sorted(kl.KL_ESTIMATORS)}")
     require(self.kl_mode in KL_MODES, "rl.kl_mode", self.kl_mode, f"must be one of {list(KL_MODES)}")
@@ -78,6 +98,11 @@ class RLConfig:
   @property
   def updates_per_step(self) -> int:
     return self.ppo_epochs * self.minibatches
+
+  @property
+  def uses_value_head(self) -> bool:
+    """Whether the policy carries a value head (rl.credit = "gae")."""
+    return self.credit == "gae"
 
   @property
   def uses_reference(self) -> bool:

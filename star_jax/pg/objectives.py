@@ -85,6 +85,9 @@ def policy_gradient_loss(logps_BxT: jax.Array, old_logps_BxT: jax.Array, mask_Bx
   The exact gradient of J − β KL(π‖π_ref) comes from the penalty in the reward instead (k1 summed over
   the sequence and subtracted from the reward before the advantage; see pg_step.shaped_rewards).
 
+  advantages_B is one advantage per row (A_b, every token of the row), or per token ([B, T]: A_bt, the
+  per-step credit of pg/credit.py; ℓ_bt then uses A_bt).
+
   Rows with valid_B = False, or with a non-finite log-prob (policy, old or reference) under the mask,
   are dropped (weight 0, counted in aux["dropped_rows"]); zero-length responses contribute 0.
   Returns (loss numerator, denominator, aux sums: tokens, clipped, kl, approx_kl_old, dropped_rows).
@@ -97,17 +100,20 @@ def policy_gradient_loss(logps_BxT: jax.Array, old_logps_BxT: jax.Array, mask_Bx
   on_BxT = mask_BxT > 0
   logps_BxT = jnp.where(on_BxT, logps_BxT, 0.0)
   old_logps_BxT = jnp.where(on_BxT, jax.lax.stop_gradient(old_logps_BxT), 0.0)
-  advantages_Bx1 = jnp.where(rows_B, jax.lax.stop_gradient(advantages_B.astype(jnp.float32)), 0.0)[:, None]
+  if advantages_B.ndim == 1:  # [B, 1]: one advantage per row, broadcast over its tokens
+    advantages_BxT = jnp.where(rows_B, jax.lax.stop_gradient(advantages_B.astype(jnp.float32)), 0.0)[:, None]
+  else:  # per-token advantages A_bt
+    advantages_BxT = jnp.where(on_BxT, jax.lax.stop_gradient(advantages_B.astype(jnp.float32)), 0.0)
 
   log_ratio_BxT = logps_BxT - old_logps_BxT
   ratio_BxT = jnp.exp(jnp.clip(log_ratio_BxT, -kl.MAX_LOG_RATIO, kl.MAX_LOG_RATIO))
-  surrogate_BxT = ratio_BxT * advantages_Bx1
+  surrogate_BxT = ratio_BxT * advantages_BxT
   clipped_BxT = jnp.zeros_like(mask_BxT)
   if clip_eps > 0:
-    clipped_surrogate_BxT = jnp.clip(ratio_BxT, 1.0 - clip_eps, 1.0 + clip_eps) * advantages_Bx1
+    clipped_surrogate_BxT = jnp.clip(ratio_BxT, 1.0 - clip_eps, 1.0 + clip_eps) * advantages_BxT
     surrogate_BxT = jnp.minimum(surrogate_BxT, clipped_surrogate_BxT)
-    clipped_BxT = (((advantages_Bx1 > 0) & (ratio_BxT > 1.0 + clip_eps)) |
-                   ((advantages_Bx1 < 0) & (ratio_BxT < 1.0 - clip_eps))).astype(jnp.float32)
+    clipped_BxT = (((advantages_BxT > 0) & (ratio_BxT > 1.0 + clip_eps)) |
+                   ((advantages_BxT < 0) & (ratio_BxT < 1.0 - clip_eps))).astype(jnp.float32)
   token_loss_BxT = -surrogate_BxT
 
   kl_BxT = jnp.zeros_like(mask_BxT)
@@ -125,3 +131,16 @@ def policy_gradient_loss(logps_BxT: jax.Array, old_logps_BxT: jax.Array, mask_Bx
       "dropped_rows": jnp.sum(valid_B & ~finite_B).astype(jnp.float32),
   }
   return numerator, denominator, aux
+
+
+def value_loss(values_BxT: jax.Array, returns_BxT: jax.Array, mask_BxT: jax.Array, valid_B: jax.Array | None = None
+               ) -> tuple[jax.Array, jax.Array]:
+  """(Σ_bt m_bt ½ (V_bt − Ĝ_bt)², Σ_bt m_bt): the squared error of a value head against its targets Ĝ (the
+  λ-returns of GAE, pg/credit.py; Schulman et al. 2017, arXiv 1707.06347, eq. 9's L^VF), a token mean once
+  divided. Targets carry no gradient; rows with valid_B = False or a non-finite value or target are dropped."""
+  mask_BxT = mask_BxT.astype(jnp.float32)
+  valid_B = jnp.ones(mask_BxT.shape[:1], jnp.bool_) if valid_B is None else valid_B.astype(jnp.bool_)
+  rows_B = valid_B & _finite_rows(mask_BxT, values_BxT, returns_BxT)
+  on_BxT = (mask_BxT > 0) & rows_B[:, None]
+  error_BxT = jnp.where(on_BxT, values_BxT - jax.lax.stop_gradient(returns_BxT), 0.0)
+  return jnp.sum(0.5 * jnp.square(error_BxT)), jnp.sum(on_BxT.astype(jnp.float32))
