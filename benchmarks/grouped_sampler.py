@@ -14,7 +14,11 @@ once untimed (compilation), then --repeats rounds time both, alternating which g
 medians over rounds (the machine is shared: other jobs come and go). Last line:
 `grouped_sampler_speedup: <independent / grouped median time on mc>`.
 
-  python benchmarks/grouped_sampler.py [--repeats 5] [--workloads mc,rl] [--system-malloc]
+  python benchmarks/grouped_sampler.py [--repeats 5] [--workloads mc,rl] [--cpu-devices N] [--system-malloc]
+
+`--cpu-devices N` re-runs the process with N JAX CPU devices (one per core) and splits the prompts (grouped)
+and rows (independent) over a data mesh, as benchmarks/sampler.py does; the default is one device, whose
+rows both samplers split into row groups instead.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 import jax
 import numpy as np
 
-from star_jax import host_malloc, models, sampling
+from star_jax import host_malloc, models, sampling, sharding
 from star_jax.data import arithmetic
 from star_jax.data.tokenizer import CharTokenizer
 from star_jax.models import ModelConfig
@@ -64,12 +69,15 @@ def _run(fn) -> tuple[float, np.ndarray]:
 
 
 def bench(name: str, params, prompts: list[list[int]], per_prompt: int, new_tokens: int, repeats: int,
-          pad_id: int) -> float:
+          pad_id: int, mesh) -> float:
   """Times both samplers on one workload; prints the figures and returns the median-time ratio."""
   tokens_GxP, lengths_G = sampling.left_pad(prompts, pad_id)
   cfg = sampling.SamplingConfig(max_new_tokens=new_tokens, temperature=1.0)
   rng = jax.random.key(0)
   repeated_BxP, repeated_B = np.repeat(tokens_GxP, per_prompt, axis=0), np.repeat(lengths_G, per_prompt)
+  if mesh is not None:
+    tokens_GxP, lengths_G, repeated_BxP, repeated_B = (sharding.shard_global_batch(x, mesh) for x in
+                                                       (tokens_GxP, lengths_G, repeated_BxP, repeated_B))
   contenders = {
       "independent": lambda: sampling.sample(MODEL, params, repeated_BxP, repeated_B, rng, cfg=cfg, eos_id=-1,
                                              pad_id=pad_id),
@@ -77,7 +85,7 @@ def bench(name: str, params, prompts: list[list[int]], per_prompt: int, new_toke
                                                  cfg=cfg, eos_id=-1, pad_id=pad_id),
   }
   b = len(prompts) * per_prompt
-  print(f"[{name}] {len(prompts)} prompts x {per_prompt} = {b} rows, prompt tokens {min(lengths_G)}-{max(lengths_G)} "
+  print(f"[{name}] {len(prompts)} prompts x {per_prompt} = {b} rows, prompt tokens {min(map(len, prompts))}-{max(map(len, prompts))} "
         f"(padded to {tokens_GxP.shape[1]}), {new_tokens} new tokens; row groups: independent "
         f"{sampling.row_groups_for(b)}, grouped {sampling.grouped_row_groups(len(prompts), per_prompt)}")
   tokens = {}
@@ -106,8 +114,13 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--repeats", type=int, default=5, help="timed rounds (each times both samplers)")
   parser.add_argument("--workloads", default="mc,rl", help="comma-separated: mc, rl")
+  parser.add_argument("--cpu-devices", type=int, default=1, help="JAX CPU devices (one per core), batch split")
   parser.add_argument("--system-malloc", action="store_true", help="skip host_malloc.reuse_freed_memory()")
   args = parser.parse_args()
+  device_flag = f"--xla_force_host_platform_device_count={args.cpu_devices}"
+  if args.cpu_devices > 1 and device_flag not in os.environ.get("XLA_FLAGS", ""):
+    env = dict(os.environ, XLA_FLAGS=" ".join(filter(None, [os.environ.get("XLA_FLAGS"), device_flag])))
+    os.execve(sys.executable, [sys.executable] + sys.argv, env)
   workloads = args.workloads.split(",")
   if unknown := set(workloads) - {"mc", "rl"}:
     parser.error(f"unknown workloads {sorted(unknown)}; use mc, rl")
@@ -117,11 +130,15 @@ def main():
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.device_count()}")
   tok = CharTokenizer()
   params = jax.jit(models.init_params, static_argnums=0)(MODEL, jax.random.key(0))
+  mesh = None
+  if jax.device_count() > 1:  # a data mesh over the CPU devices: each runs its share of the prompts / rows
+    mesh = sharding.make_mesh([("data", -1), ("fsdp", 1), ("tensor", 1)])
+    params = jax.device_put(params, sharding.replicated(mesh))
   ratios = {}
   if "rl" in workloads:
-    ratios["rl"] = bench("rl", params, rl_prompts(tok), RL_SAMPLES, RL_NEW, args.repeats, tok.pad_id)
+    ratios["rl"] = bench("rl", params, rl_prompts(tok), RL_SAMPLES, RL_NEW, args.repeats, tok.pad_id, mesh)
   if "mc" in workloads:
-    ratios["mc"] = bench("mc", params, mc_prompts(tok), MC_ROLLOUTS, MC_NEW, args.repeats, tok.pad_id)
+    ratios["mc"] = bench("mc", params, mc_prompts(tok), MC_ROLLOUTS, MC_NEW, args.repeats, tok.pad_id, mesh)
   print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
   if "rl" in ratios:
     print(f"grouped_sampler_speedup_rl: {ratios['rl']:.2f}")
