@@ -29,6 +29,7 @@ from star_jax.search.values import (
   OracleValue,
   PRMValue,
   ValueConfig,
+  game24_oracle,
   make_value,
   oracle_for,
   task_oracle,
@@ -36,4 +37,4 @@ from star_jax.search.values import (
 
 __all__ = ["KINDS", "METHODS", "ORACLES", "SEARCHES", "Budget", "Continuation", "LogProbValue", "ModelStepSampler",
            "OracleValue", "Outcome", "PRMValue", "SearchConfig", "SearchResult", "State", "StateValues", "StepSampler",
-           "ValueConfig", "ValueFn", "bfs", "dfs", "make_value", "oracle_for", "search", "task_oracle"]
+           "ValueConfig", "ValueFn", "bfs", "dfs", "game24_oracle", "make_value", "oracle_for", "search", "task_oracle"]

@@ -29,6 +29,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from star_jax import sharding
+from star_jax.data import game24
 from star_jax.data.steps import prefix_correct_labels
 from star_jax.data.tasks import Example, Task
 from star_jax.models import ModelConfig
@@ -90,7 +91,22 @@ def task_oracle(task: Task) -> OracleValue:
   return OracleValue(good)
 
 
-ORACLES: dict[str, Callable[[Task], OracleValue]] = {}  # task name -> its exact oracle (else task_oracle)
+def game24_oracle(task: Task | None = None) -> OracleValue:
+  """UPPER BOUND (Game of 24): V(s) = 1 iff the state's last step is `good` (`data.game24.check_steps`): every
+  step so far correct and the numbers left can still make 24 (the exact solver). The prototype of DESIGN.md §5
+  got 23.5% correct answers with it at b = 5, n = 5 against 10% for the policy's log-prob: the most a learned
+  value can recover, not a result to compare methods with."""
+  del task
+
+  def good(example: Example, text: str) -> bool:
+    checks = game24.check_steps(example.question, text)
+    return bool(checks) and checks[-1].good
+  return OracleValue(good)
+
+
+ORACLES: dict[str, Callable[[Task], OracleValue]] = {  # task name -> its exact oracle (else task_oracle)
+    "game24": game24_oracle,
+}
 
 
 def oracle_for(task: Task) -> OracleValue:
