@@ -2,11 +2,13 @@
 
 Every write goes to a temporary file next to its destination and is renamed over it (`os.replace`, atomic
 on POSIX), so a run killed mid-write leaves the previous file or none, never half of one: the loops'
-"skip a phase whose output exists" resumption relies on it.
+"skip a phase whose output exists" resumption relies on it. A write that fails (a full disk: ENOSPC)
+removes its temporary file and raises an OSError naming the destination, which keeps its previous content.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -25,12 +27,24 @@ def _make_parent(path: str) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
 
+def _failed_write(path: str, tmp: str, e: OSError) -> OSError:
+  """The error of a write that failed (e.g. the disk is full): the partial temporary file is removed, and
+  the message names the destination and says that its previous content (if any) is unchanged."""
+  with contextlib.suppress(OSError):
+    os.remove(tmp)
+  return OSError(e.errno, f"{e.strerror or e}: could not write {path} (its previous content, if any, is unchanged)")
+
+
 def write_text(path: str, text: str) -> None:
   """Write a text file (markdown, CSV) atomically."""
   _make_parent(path)
-  with open(_tmp(path), "w", encoding="utf-8", newline="") as f:
-    f.write(text)
-  os.replace(_tmp(path), path)
+  tmp = _tmp(path)
+  try:
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except OSError as e:
+    raise _failed_write(path, tmp, e) from e
 
 
 def write_json(path: str, obj) -> None:
@@ -57,8 +71,11 @@ def save_figure(fig, path: str, dpi: int = 120) -> None:
   """Save a matplotlib figure atomically as PNG (the temporary name keeps the .png suffix matplotlib reads)."""
   _make_parent(path)
   tmp = _tmp(path) + ".png"
-  fig.savefig(tmp, dpi=dpi)
-  os.replace(tmp, path)
+  try:
+    fig.savefig(tmp, dpi=dpi)
+    os.replace(tmp, path)
+  except OSError as e:
+    raise _failed_write(path, tmp, e) from e
 
 
 def read_json(path: str):

@@ -6,6 +6,10 @@ STaR loop, star_jax/star/) or "pg" (policy-gradient STaR, star_jax/pg/). Overrid
 --num_processes/--process_id (or nothing on TPU pods, where jax.distributed discovers them) and run the same
 command on every host.
 
+Before anything is written the config is validated, the mesh built (errors name `config.mesh.axes`) and the
+workdir's saved config compared with this one (`Kind.check`): a refused run leaves the workdir untouched,
+`config.json` included. An override of a key the config lacks exits with a usage error naming it.
+
 This is the one top-level module that imports the algorithm subpackages: it dispatches to them.
 """
 
@@ -20,7 +24,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from star_jax import config as config_lib
-from star_jax import host_malloc, io, pg, sft, sharding, star
+from star_jax import host_malloc, io, pg, sft, sharding, star, train
+from star_jax.pg import loop as pg_loop
+from star_jax.star import loop as star_loop
+from star_jax.star import tasks as star_tasks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +35,7 @@ class Kind:
   """An experiment kind: how its ConfigDict is validated and how it runs in a workdir."""
   from_config: Callable[[Mapping[str, Any]], Any]  # ConfigDict -> typed, validated config
   run: Callable[[Any, str], str]  # (cfg, workdir) -> the line(s) saying where the report is
+  check: Callable[[Any, str], None]  # (cfg, workdir): build the mesh, refuse a workdir of another config; no write if it raises
 
 
 def _run_sft(cfg, workdir: str) -> str:
@@ -46,10 +54,25 @@ def _run_pg(cfg, workdir: str) -> str:
   return f"report: {os.path.join(workdir, 'rl_report.md')}"
 
 
+def _check_sft(cfg, workdir: str) -> None:
+  del workdir  # the supervised job keeps no saved config: a re-run with another config resumes its checkpoints
+  train.tokenizer_and_mesh(cfg)
+
+
+def _check_star(cfg, workdir: str) -> None:
+  star_tasks.tokenizer_and_mesh(cfg)
+  star_loop.check_workdir(cfg, workdir)
+
+
+def _check_pg(cfg, workdir: str) -> None:
+  star_tasks.tokenizer_and_mesh(cfg)
+  pg_loop.check_workdir(cfg, workdir)
+
+
 KINDS: dict[str, Kind] = {
-    "sft": Kind(config_lib.experiment_from_config, _run_sft),
-    "star": Kind(star.star_experiment_from_config, _run_star),
-    "pg": Kind(pg.rl_experiment_from_config, _run_pg),
+    "sft": Kind(config_lib.experiment_from_config, _run_sft, _check_sft),
+    "star": Kind(star.star_experiment_from_config, _run_star, _check_star),
+    "pg": Kind(pg.rl_experiment_from_config, _run_pg, _check_pg),
 }
 
 
@@ -89,10 +112,11 @@ def main(argv) -> None:
   kind = KINDS[experiment_kind(f.config)]
   cfg = kind.from_config(f.config)
   workdir = os.path.abspath(f.workdir)
+  kind.check(cfg, workdir)  # before the first write: a refused run writes nothing
   io.write_text(os.path.join(workdir, "config.json"), f.config.to_json_best_effort(indent=2))
   print("\n" + kind.run(cfg, workdir))
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

@@ -44,22 +44,27 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
-def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """Mesh from [("data", -1), ("fsdp", 1), ("tensor", 1)]; one size may be -1 (= all remaining devices)."""
+def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | None = None, *,
+              name: str = "mesh") -> Mesh:
+  """Mesh from [("data", -1), ("fsdp", 1), ("tensor", 1)]; one size may be -1 (= all remaining devices).
+
+  Errors start with `name` (e.g. "config.mesh.axes" when the axes come from a config) and give the value.
+  """
   devices = list(jax.devices() if devices is None else devices)
-  names = [name for name, _ in axes]
+  names = [axis for axis, _ in axes]
   if sorted(names) != sorted(MESH_AXES):
-    raise ValueError(f"mesh axes must be exactly {MESH_AXES} (any order), got {names}")
+    raise ValueError(f"{name} must name exactly {MESH_AXES} (any order), got {tuple(axes)!r}")
   sizes = [int(size) for _, size in axes]
   if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f"mesh sizes must be positive with at most one -1, got {dict(axes)}")
+    raise ValueError(f"{name} sizes must be positive with at most one -1, got {tuple(axes)!r}")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if len(devices) % known:
-      raise ValueError(f"mesh {dict(axes)}: {len(devices)} devices are not divisible by {known}")
+      raise ValueError(f"{name}={tuple(axes)!r} cannot be built: {len(devices)} devices are not divisible by {known}")
     sizes[sizes.index(-1)] = len(devices) // known
   if math.prod(sizes) != len(devices):
-    raise ValueError(f"mesh {dict(zip(names, sizes))} needs {math.prod(sizes)} devices, found {len(devices)}")
+    raise ValueError(f"{name}={tuple(axes)!r} cannot be built: {dict(zip(names, sizes))} needs "
+                     f"{math.prod(sizes)} devices, found {len(devices)}")
   return jax.make_mesh(tuple(sizes), tuple(names), axis_types=(AxisType.Auto,) * len(sizes), devices=devices)
 
 

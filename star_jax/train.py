@@ -3,8 +3,9 @@
 The step is a module-level pure function `(state, batch, rng) -> (state, metrics)`; `compile_train_step`
 jits it once with explicit in/out shardings and the state donated. The loop fetches metrics to the host
 one step late (the device is never idle waiting for the host), raises on a non-finite loss naming the
-step *before* any later checkpoint is written, and checkpoints the data iterator with the state so a
-killed run resumes exactly.
+step *before* any later checkpoint is written, never writes a checkpoint of a non-finite state (the
+Checkpointer checks it on device first), and checkpoints the data iterator with the state so a killed run
+resumes exactly (from the newest checkpoint that restores, checkpoint.Checkpointer.restore).
 """
 
 from __future__ import annotations
@@ -162,10 +163,20 @@ def compile_train_step(model_config: ModelConfig, train_config: TrainConfig, mes
 
 # ---- the inner loop ----
 
-def _check_finite(metrics: dict[str, float], step: int) -> None:
+def newest_clean_checkpoint(checkpointer) -> str:
+  """Where a run stopped by a non-finite value resumes: the newest checkpoint (every one is checked finite
+  before it is written, checkpoint.Checkpointer.save)."""
+  newest = checkpointer.latest_step() if checkpointer is not None else None
+  if newest is None:
+    return "no checkpoint was written" + (f" in {checkpointer.directory}" if checkpointer is not None else "")
+  return (f"the newest checkpoint, step {newest} in {checkpointer.directory}, holds finite parameters and "
+          "optimizer state (checked before it was written)")
+
+
+def _check_finite(metrics: dict[str, float], step: int, checkpointer=None) -> None:
   if not np.isfinite(metrics["loss"]):
-    raise NonFiniteLossError(f"non-finite loss {metrics['loss']} at step {step}; "
-                             "the last checkpoint written before it is intact")
+    raise NonFiniteLossError(f"non-finite loss {metrics['loss']} at step {step} (computed from the parameters "
+                             f"after step {step - 1}); {newest_clean_checkpoint(checkpointer)}")
 
 
 def train_loop(state: TrainState, step_fn: Callable, batches: Iterator[dict[str, np.ndarray]], mesh: Mesh, *,
@@ -176,7 +187,8 @@ def train_loop(state: TrainState, step_fn: Callable, batches: Iterator[dict[str,
 
   `batches` yields per-process numpy batches (and may expose get_state() for checkpointing). Metrics of
   step s are fetched while step s+1 runs. At each checkpoint step the current metrics are checked first,
-  so a checkpoint is only ever written for a finite state.
+  and the Checkpointer refuses a state with a NaN/inf parameter or optimizer entry
+  (checkpoint.NonFiniteStateError), so a checkpoint is only ever written for a finite state.
   """
   start = int(state.step)
   rng = state.rng
@@ -187,7 +199,7 @@ def train_loop(state: TrainState, step_fn: Callable, batches: Iterator[dict[str,
   def finish(step: int, device_metrics: dict) -> None:
     nonlocal window_tokens, window_start
     host = {k: float(v) for k, v in sharding.to_host(device_metrics).items()}
-    _check_finite(host, step)
+    _check_finite(host, step, checkpointer)
     if step % log_every == 0 or step == num_steps:
       elapsed = time.perf_counter() - window_start
       host["tokens_per_sec"] = window_tokens / max(elapsed, 1e-9)
@@ -233,7 +245,7 @@ def tokenizer_and_mesh(cfg: ExperimentConfig, tokenizer=None):
   elif tokenizer.vocab_size > cfg.model.vocab_size:
     raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's vocab_size "
                      f"{cfg.model.vocab_size}")
-  mesh = sharding.make_mesh(cfg.mesh.axes)
+  mesh = sharding.make_mesh(cfg.mesh.axes, name="config.mesh.axes")
   if cfg.train.batch_size % (sharding.batch_divisor(mesh) * jax.process_count()):
     raise ValueError(f"config.train.batch_size={cfg.train.batch_size} must be a multiple of the mesh's "
                      f"data x fsdp size {sharding.batch_divisor(mesh)} and the process count {jax.process_count()}")
@@ -289,12 +301,16 @@ def fine_tune(model_config: ModelConfig, train_config: TrainConfig, checkpoint_c
 
 
 def restore_params(model_config: ModelConfig, train_config: TrainConfig, mesh: Mesh, directory: str, *, keep: int):
-  """The parameters a finished `fine_tune` phase in `directory` ended with (checked against train.json)."""
+  """The parameters a finished `fine_tune` phase in `directory` ended with (checked against train.json).
+
+  Raises checkpoint.CheckpointError when its final checkpoint is missing or does not restore: the caller
+  may run `fine_tune` again, which resumes from the newest checkpoint that restores.
+  """
   info = io.read_json(os.path.join(directory, "train.json"))
   abstract_state = state_shardings(model_config, make_optimizer(train_config), mesh)[0]
   with checkpoint.Checkpointer(os.path.join(directory, "checkpoints"), keep=keep) as ckpt:
     if ckpt.latest_step() != info["steps"]:
-      raise RuntimeError(f"{directory}: train.json says {info['steps']} steps, "
-                         f"the latest checkpoint is {ckpt.latest_step()}")
-    state, _ = ckpt.restore(abstract_state)
+      raise checkpoint.CheckpointError(f"{directory}: train.json says {info['steps']} steps, "
+                                       f"the latest checkpoint is {ckpt.latest_step()}")
+    state, _ = ckpt.restore(abstract_state, step=info["steps"])
   return state.params

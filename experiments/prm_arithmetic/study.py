@@ -12,7 +12,9 @@
                 step-level accuracy / AUC of the PRM against the exact labels.
 
 Problem pools are disjoint: test problems, policy training problems and reward-pool questions. Every phase
-writes its output under the workdir and is skipped when it exists, so a killed run resumes.
+writes its output atomically under the workdir and is skipped when it exists, so a killed run resumes to
+the same results; the first run writes `study_config.json`, and a later run with a different config is
+refused before it writes anything.
 
   python -m experiments.prm_arithmetic.study --config=experiments/configs/prm_arithmetic.py --workdir=runs/prm
 """
@@ -39,6 +41,8 @@ from star_jax.models import HeadConfig, ModelConfig
 from star_jax.prm import steps as prm
 from star_jax.prm import train as prm_train
 
+CONFIG_FILE = "study_config.json"  # in the workdir: the config the study was started with
+
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
@@ -58,6 +62,12 @@ class StudyConfig:
   generate_batch_size: int = 256
   score_batch_size: int = 128
   majority_subsets: int = 256  # random subsets per problem and N for majority voting
+  # verifiers beside the hidden-state head, run by experiments/prm_arithmetic/verifiers.py (this module alone: none)
+  verifiers: tuple[str, ...] = ("min_logprob", "logprob_head", "implicit_outcome", "implicit_step")
+  implicit_beta: float = 0.05  # r_t = β log π_φ/π_ref (PRIME's value)
+  implicit_lr: float = 1e-3  # peak lr of π_φ (the rest of its recipe: reward_train)
+  implicit_steps: int = 0  # updates of each implicit PRM (0: reward_train.steps)
+  logprob_head_steps: int = 500  # full-batch Adam steps of the logistic head on log-prob features
 
   def __post_init__(self):
     for key in ("policy_max_digits", "policy_examples_per_digit", "reward_questions_per_digit",
@@ -72,6 +82,11 @@ class StudyConfig:
     for key in ("mc_solutions", "validation_every"):
       if getattr(self, key) < 0:
         raise ValueError(f"config.study.{key} must be >= 0, got {getattr(self, key)}")
+    known = ("min_logprob", "logprob_head", "implicit_outcome", "implicit_step")  # verifiers.VARIANTS
+    if set(self.verifiers) - set(known) or self.implicit_beta <= 0 or self.implicit_lr <= 0 or self.implicit_steps < 0:
+      raise ValueError(f"config.study: verifiers must be among {known} (got {self.verifiers}); implicit_beta, "
+                       f"implicit_lr > 0 and implicit_steps >= 0 (got {self.implicit_beta}, {self.implicit_lr}, "
+                       f"{self.implicit_steps})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,9 +291,12 @@ def summarize(records: Sequence[Mapping], step_probs: Sequence[Sequence[float]],
 def run(cfg: PRMStudyConfig, workdir: str, results_dir: str | None = None) -> dict:
   """All phases (cached under workdir); writes results.json, report.md and plots to workdir (+ results_dir)."""
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
   s = cfg.study
-  mesh = sharding.make_mesh(cfg.mesh.axes)
+  mesh = sharding.make_mesh(cfg.mesh.axes, name="config.mesh.axes")
+  # checkpoint and mesh settings may change between runs of one workdir; nothing else
+  config_lib.check_resumable(os.path.join(workdir, CONFIG_FILE), cfg, ("model", "policy_train", "reward_train", "study"),
+                             what="PRM study")
+  os.makedirs(workdir, exist_ok=True)
   pools = problem_pools(s)
   timings_path = os.path.join(workdir, "timings.json")
   timings = io.read_json(timings_path) if os.path.exists(timings_path) else {}
@@ -399,8 +417,7 @@ def write_report(results: Mapping, directory: str) -> None:
                    f"{_pct(row['hard_false_negative'])} | {_pct(row['hard_false_positive'])} | {row['soft_mse']:.4f} |")
   lines += ["", "Wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["timings_seconds"].items()), "",
             "![best-of-N](best_of_n.png)"] + (["", "![MC agreement](mc_agreement.png)"] if mc else [])
-  with open(os.path.join(directory, "report.md"), "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
+  io.write_text(os.path.join(directory, "report.md"), "\n".join(lines) + "\n")
 
   fig = Figure(figsize=(6, 4))
   ax = fig.subplots()
@@ -444,4 +461,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("results_dir", "", "Also copy results.json, report.md and the plots here.")
   flags.mark_flags_as_required(["config", "workdir"])
   logging.set_verbosity(logging.WARNING)
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

@@ -26,8 +26,10 @@ ends with the parameters and records of an uninterrupted run. Files in the workd
 
   rl_metrics.jsonl   one record per logged step (rl/* scalars also in logs/, TensorBoard)
   rl_eval.jsonl      one record per evaluation (step 0 = the base model), with sampled_tokens and seconds
-  rl_report.md       the evaluation table;  rl_config.json  the run's config (a different one is refused)
-  checkpoints/       PGState + {"sampled_tokens", "seconds"}
+  rl_report.md       the evaluation table
+  rl_config.json     the run's config, written before anything else: a later run with a different one is
+                     refused before it writes anything (`check_workdir`)
+  checkpoints/       PGState + {"sampled_tokens", "seconds"}; the newest that restores is resumed from
 """
 
 from __future__ import annotations
@@ -109,7 +111,21 @@ class _Context:
   prompt_width: int  # every sampled batch is left-padded to this width (one sampler compilation)
 
 
-def _setup(cfg: RLExperimentConfig, workdir: str, task_data: star_tasks.TaskData | None = None) -> _Context:
+CONFIG_FILE = "rl_config.json"
+
+
+def check_workdir(cfg: RLExperimentConfig, workdir: str) -> None:
+  """Refuse (ValueError naming every changed field, nothing written) a workdir an RL run with another config
+  made; the first run writes `<workdir>/rl_config.json`. rl.steps and rl.token_budget may grow."""
+  config.check_resumable(os.path.join(os.path.abspath(workdir), CONFIG_FILE), cfg,
+                         ("model", "data", "train", "star", "rl"),
+                         ignored={("rl", "steps"), ("rl", "token_budget"), ("rl", "base_workdir"), ("data", "data_dir")},
+                         what="RL run")
+
+
+def _setup(cfg: RLExperimentConfig, workdir: str, task_data: star_tasks.TaskData | None = None,
+           check: bool = False) -> _Context:
+  """The run's context; with `check`, `check_workdir` runs after the mesh is built and before any write."""
   if not isinstance(cfg, RLExperimentConfig):
     raise TypeError(f"the RL loop needs an RLExperimentConfig (pg.config.rl_experiment_from_config), "
                     f"got {type(cfg).__name__}")
@@ -119,6 +135,8 @@ def _setup(cfg: RLExperimentConfig, workdir: str, task_data: star_tasks.TaskData
   if rl.batch_size % divisor:
     raise ValueError(f"config.rl.questions_per_step x rl.samples_per_question = {rl.batch_size} must be a multiple "
                      f"of the mesh's data x fsdp size {sharding.batch_divisor(mesh)} x rl.minibatches {rl.minibatches}")
+  if check:
+    check_workdir(cfg, workdir)
   data = task_data or star_tasks.load_task_data(cfg, workdir)
   if not data.tests:
     raise ValueError("the RL loop evaluates on held-out questions: the task data has none (config.eval.split)")
@@ -235,6 +253,7 @@ class _Run:
   eval_records: list[dict]
   started: float  # perf_counter() when this process started (host["seconds"] counts earlier processes)
   pending: _Pending | None = None
+  checkpointer: checkpoint.Checkpointer | None = None  # named by a non-finite loss error
 
   def seconds(self) -> float:
     return self.host["seconds"] + time.perf_counter() - self.started
@@ -270,7 +289,7 @@ def _finish_pending(run: _Run, rl, writer, progress) -> None:
   values = {k: float(v) for k, v in sharding.to_host(done.device_metrics).items()}
   if not np.isfinite(values["loss"]):
     raise train.NonFiniteLossError(f"non-finite RL loss {values['loss']} at step {done.step}; "
-                                   "the last checkpoint written before it is intact")
+                                   f"{train.newest_clean_checkpoint(run.checkpointer)}")
   step_seconds = done.host["sample_seconds"] + done.host["host_seconds"] + done.update_seconds
   values.update(done.host, update_seconds=done.update_seconds,
                 tokens_per_sec=done.host["response_tokens"] / max(step_seconds, 1e-9))
@@ -293,8 +312,10 @@ def _policy_step(ctx: _Context, run: _Run, step: int, step_fn, ref_params, rewar
   t1 = time.perf_counter()
   row_examples = [e for e in examples for _ in range(rl.samples_per_question)]  # question-major rows
   texts = [ctx.tokenizer.decode(tokens[i, :lengths[i]]) for i in range(len(row_examples))]
-  rewards_B = np.asarray(reward(row_examples, texts), np.float32)
-  batch = build_batch(prompt_ids, tokens, lengths, logps, rewards_B, cfg.train.seq_len)
+  scored = reward(row_examples, texts)  # rewards_B, or one rewards.StepScores per row (rl.credit != "sequence")
+  batch = build_batch(prompt_ids, tokens, lengths, logps, rewards.totals(scored), cfg.train.seq_len)
+  if rl.credit != "sequence":  # per-token step rewards for pg/credit.py
+    batch.update(rewards.step_fields(scored, prompt_ids, tokens, lengths, texts, ctx.tokenizer, cfg.train.seq_len))
   device_batch = {k: sharding.shard_global_batch(v, ctx.mesh) for k, v in batch.items()}
   args = (run.state, device_batch, run.state.train.rng) + ((ref_params,) if rl.uses_reference else ())
   t2 = time.perf_counter()
@@ -315,15 +336,11 @@ def run(cfg: RLExperimentConfig, workdir: str, base_params, reward: rewards.Batc
   test's; `rewards.per_sample` makes one from a function of a single response. `task_data` replaces the
   data the config names (star.tasks.TaskData: a task, D and held-out examples per group).
   """
-  ctx = _setup(cfg, workdir, task_data)
-  # rl.steps and rl.token_budget may grow between runs of one workdir
-  config.check_resumable(os.path.join(ctx.workdir, "rl_config.json"), cfg, ("model", "data", "train", "star", "rl"),
-                         ignored={("rl", "steps"), ("rl", "token_budget"), ("rl", "base_workdir"),
-                                  ("data", "data_dir")}, what="RL run")
+  ctx = _setup(cfg, workdir, task_data, check=True)  # a workdir of another config is refused before any write
   rl, mesh = cfg.rl, ctx.mesh
   reward = reward or rewards.default_reward(rl, ctx.task, mesh, ctx.tokenizer, cfg.train.seq_len + 1)  # as build_batch
   tx, step_fn, logps_fn = _compiled(cfg.model, cfg.train, rl, mesh)
-  abstract, shardings = pg_step.state_shardings(cfg.model, tx, mesh)
+  abstract, shardings = pg_step.state_shardings(cfg.model, tx, mesh, rl)
   ref_params = jax.device_put(base_params, shardings.train.params)
   metrics_path, eval_path = (os.path.join(ctx.workdir, f) for f in (METRICS_FILE, EVAL_FILE))
 
@@ -333,11 +350,11 @@ def run(cfg: RLExperimentConfig, workdir: str, base_params, reward: rewards.Batc
       state, host = ckpt.restore(abstract)
     else:  # a copy: the state is donated to the step, the reference must survive it
       state = pg_step.create_state(cfg.model, tx, mesh, cfg.train.seed,
-                                   jax.tree.map(lambda x: jnp.array(x, copy=True), ref_params), rl.kl_coef)
+                                   jax.tree.map(lambda x: jnp.array(x, copy=True), ref_params), rl.kl_coef, rl=rl)
       host = {"sampled_tokens": 0, "seconds": 0.0}
     start = int(state.train.step)
     records = lambda path: [r for r in io.read_jsonl_if_exists(path) if r["step"] <= start]  # noqa: E731
-    loop = _Run(state, host, records(metrics_path), records(eval_path), started=time.perf_counter())
+    loop = _Run(state, host, records(metrics_path), records(eval_path), started=time.perf_counter(), checkpointer=ckpt)
     if not loop.eval_records:
       _record_eval(ctx, loop, ref_params, logps_fn, writer, 0)
       _write_outputs(ctx, loop.train_records, loop.eval_records)

@@ -235,7 +235,9 @@ def load_reward_model(directory: str, mesh: Mesh) -> tuple[ModelConfig, HeadConf
   with checkpoint.Checkpointer(os.path.join(directory, "checkpoints")) as ckpt:
     if ckpt.latest_step() is None:
       raise FileNotFoundError(f"no checkpoint in {os.path.join(directory, 'checkpoints')}")
-    state, _ = ckpt.restore(abstract)
+    # the final step exactly (CheckpointError naming it when it does not restore): an older one would be
+    # a partly trained reward model
+    state, _ = ckpt.restore(abstract, step=ckpt.latest_step())
   return model_config, head_config, state.params
 
 

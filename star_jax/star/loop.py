@@ -27,6 +27,11 @@ exists, so a killed run re-started with the same command ends with the same para
   iter_<n>/timings.json            wall time of the generation phases (written just before their outputs)
   star_metrics.jsonl, star_report.md, star_accuracy.png, logs/ (TensorBoard)   rewritten every iteration
 
+A workdir belongs to one config: `star_config.json` (written by the first run, before anything else) and
+`base/base_config.json` (the fields the base model depends on) are compared with the config of every later
+run, which is refused, writing nothing, when a field differs (`check_workdir`). A finished phase whose
+final checkpoint no longer restores is trained again from the newest checkpoint that does.
+
 Every rng derives from (star.seed, iteration, phase) (io.phase_key / phase_seed). The base model
 comes from the caller: `base_params` loads config.model.hf_path, or (arithmetic) `make_base_model` trains
 one on seed scratchpads disjoint from D and the test sets.
@@ -42,12 +47,21 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+from absl import logging
 
-from star_jax import config, evaluate, io, metrics, sampling, sharding, train
+from star_jax import checkpoint, config, evaluate, io, metrics, sampling, sharding, train
 from star_jax.star import data as sd
 from star_jax.star import report as star_report
 from star_jax.star import tasks as star_tasks
-from star_jax.star.config import StarExperimentConfig
+from star_jax.star.config import StarConfig, StarExperimentConfig
+
+CONFIG_FILE = "star_config.json"  # in the workdir: the config the run was started with
+BASE_CONFIG_FILE = os.path.join("base", "base_config.json")  # the config the base model was trained with
+# The star fields the base model depends on (the others may differ between a STaR run and e.g. a PG run
+# that shares its base model through rl.base_workdir).
+BASE_STAR_FIELDS = ("seed_per_digit", "one_digit_repeats", "carry_fact_digits", "seed_steps", "seed")
+_SECTIONS = ("model", "data", "train", "star", "hf_path")
+_LABELS = {"hf_path": "model.hf_path"}
 
 
 @dataclasses.dataclass
@@ -77,10 +91,30 @@ class _Context:
     return os.path.join(self.workdir, f"iter_{n}")
 
 
-def _setup(cfg: StarExperimentConfig, workdir: str) -> _Context:
+def check_workdir(cfg: StarExperimentConfig, workdir: str) -> None:
+  """Refuse (ValueError naming every changed field, nothing written) a workdir a STaR run with another config
+  made; the first run writes `<workdir>/star_config.json`. star.iterations may grow and the generation batch
+  size, data_dir, eval, checkpoint and mesh settings may change between runs of one workdir."""
+  config.check_resumable(os.path.join(os.path.abspath(workdir), CONFIG_FILE), cfg, _SECTIONS,
+                         ignored={("star", "iterations"), ("star", "generate_batch_size"), ("data", "data_dir")},
+                         labels=_LABELS, what="STaR run")
+
+
+def _check_base(cfg: StarExperimentConfig, workdir: str) -> None:
+  """`check_workdir` for `<workdir>/base/` over the fields the base model depends on (model, data, train,
+  the star.seed_* fields): also guards a run killed while the base model trains, and a PG run's base."""
+  other_star = {("star", f.name) for f in dataclasses.fields(StarConfig) if f.name not in BASE_STAR_FIELDS}
+  config.check_resumable(os.path.join(os.path.abspath(workdir), BASE_CONFIG_FILE), cfg, _SECTIONS,
+                         ignored=other_star | {("data", "data_dir")}, labels=_LABELS, what="base model")
+
+
+def _setup(cfg: StarExperimentConfig, workdir: str, check: Callable | None = None) -> _Context:
+  """The run's context; `check(cfg, workdir)` runs after the mesh is built and before anything is written."""
   if not isinstance(cfg, StarExperimentConfig):
     raise TypeError(f"STaR needs a StarExperimentConfig (config.star_experiment_from_config), got {type(cfg).__name__}")
   tokenizer, mesh = star_tasks.tokenizer_and_mesh(cfg)
+  if check is not None:
+    check(cfg, workdir)
   data = star_tasks.load_task_data(cfg, workdir)
   ctx = _Context(cfg, None, os.path.abspath(workdir), mesh, tokenizer, data,
                  star_tasks.generation_cap(cfg, data.task, tokenizer),
@@ -104,7 +138,7 @@ def _restore_params(cfg: StarExperimentConfig, mesh, directory: str):
 
 def load_iteration_params(cfg: StarExperimentConfig, workdir: str, iteration: int, mesh=None):
   """M_n of a (finished) iteration, or the cached base model for iteration "base" / make_base_model."""
-  mesh = mesh or sharding.make_mesh(cfg.mesh.axes)
+  mesh = mesh or sharding.make_mesh(cfg.mesh.axes, name="config.mesh.axes")
   name = "base" if iteration == "base" else f"iter_{iteration}"
   return _restore_params(cfg, mesh, os.path.join(os.path.abspath(workdir), name))
 
@@ -129,10 +163,13 @@ def make_base_model(cfg: StarExperimentConfig, workdir: str):
   if not star_tasks.is_arithmetic(cfg):
     raise ValueError(f"the {cfg.data.task} task has no seed-trained base model: give config.model.hf_path "
                      "(star.base_params loads it)")
-  ctx = _setup(cfg, workdir)
+  ctx = _setup(cfg, workdir, check=_check_base)
   directory = os.path.join(ctx.workdir, "base")
   if os.path.exists(os.path.join(directory, "train.json")):
-    return _restore_params(cfg, ctx.mesh, directory)
+    try:
+      return _restore_params(cfg, ctx.mesh, directory)
+    except checkpoint.CheckpointError as e:
+      logging.warning("%s; training the base model again from its newest checkpoint that restores", e)
   examples = _seed_examples(ctx)
   io.write_jsonl(os.path.join(directory, "seed.jsonl"), examples)
   with metrics.MetricWriter(os.path.join(ctx.workdir, "logs")) as writer:
@@ -216,16 +253,25 @@ def _eval_phase(ctx: _Context, n: int, params_fn) -> dict:
 
 
 class _Params:
-  """The base params and the most recent M_n, restored from checkpoints on demand."""
+  """The base params and the most recent M_n, restored from checkpoints on demand; an iteration whose final
+  checkpoint does not restore is fine-tuned again (`retrain[n]`, resuming from its newest good checkpoint)."""
 
   def __init__(self, ctx: _Context, base_params):
     self._ctx, self._base, self._latest = ctx, base_params, (None, None)
+    self.retrain: dict[int, Callable[[], Any]] = {}
 
   def get(self, n: int):
     if n == 0:
       return self._base
     if self._latest[0] != n:
-      self._latest = (n, _restore_params(self._ctx.cfg, self._ctx.mesh, self._ctx.iter_dir(n)))
+      try:
+        params = _restore_params(self._ctx.cfg, self._ctx.mesh, self._ctx.iter_dir(n))
+      except checkpoint.CheckpointError as e:
+        if n not in self.retrain:
+          raise
+        logging.warning("%s; fine-tuning iteration %d again from its newest checkpoint that restores", e, n)
+        params = self.retrain[n]()
+      self._latest = (n, params)
     return self._latest[1]
 
   def put(self, n: int, params) -> None:
@@ -247,20 +293,24 @@ def _iteration(ctx: _Context, n: int, store: _Params, writer) -> dict:
     rationalized = _generation_phase(ctx, n, "rationalized", sd.failed_examples(ctx.task, generated),
                                      lambda: store.get(n - 1), hint=True)
 
-  train_json = os.path.join(ctx.iter_dir(n), "train.json")
-  if os.path.exists(train_json):
-    train_info = io.read_json(train_json)
-  else:
+  def fine_tune():
     examples = sd.training_examples(generated) + sd.training_examples(rationalized)
     if star.mix_seed:
       examples += _seed_examples(ctx)
     examples = star_tasks.fitting_examples(examples, ctx.tokenizer, cfg.train.seq_len)
     init_params = store.get(0) if star.restart_from_base else store.get(n - 1)
-    params, train_info = _fine_tune(cfg, ctx.mesh, ctx.tokenizer, examples, init_params,
-                                   sd.steps_for_iteration(star.base_steps, star.growth, n), ctx.iter_dir(n),
-                                   data_seed=io.phase_seed(star.seed, n, sd.TRAIN_DATA),
-                                   init_seed=io.phase_seed(star.seed, n, sd.TRAIN_INIT), writer=writer,
-                                   description=f"iter_{n}/train")
+    return _fine_tune(cfg, ctx.mesh, ctx.tokenizer, examples, init_params,
+                      sd.steps_for_iteration(star.base_steps, star.growth, n), ctx.iter_dir(n),
+                      data_seed=io.phase_seed(star.seed, n, sd.TRAIN_DATA),
+                      init_seed=io.phase_seed(star.seed, n, sd.TRAIN_INIT), writer=writer,
+                      description=f"iter_{n}/train")
+
+  train_json = os.path.join(ctx.iter_dir(n), "train.json")
+  if os.path.exists(train_json):
+    train_info = io.read_json(train_json)
+    store.retrain[n] = lambda: fine_tune()[0]
+  else:
+    params, train_info = fine_tune()
     store.put(n, params)
   evaluation = _eval_phase(ctx, n, lambda: store.get(n))
 
@@ -300,14 +350,9 @@ def run(cfg: StarExperimentConfig, workdir: str, base_params,
   `generator(params) -> Generate` replaces the KV-cache sampler for steps 1 and 3 (e.g. a search
   procedure, or a stub in tests); evaluation always decodes greedily with the sampler.
   """
-  ctx = _setup(cfg, workdir)
+  ctx = _setup(cfg, workdir, check=check_workdir)  # a workdir of another config is refused before any write
   if generator is not None:
     ctx.generator = generator
-  # star.iterations may grow; eval, checkpoint and mesh settings may change between runs of one workdir
-  config.check_resumable(os.path.join(ctx.workdir, "star_config.json"), ctx.cfg,
-                         ("model", "data", "train", "star", "hf_path"),
-                         ignored={("star", "iterations"), ("star", "generate_batch_size"), ("data", "data_dir")},
-                         labels={"hf_path": "model.hf_path"}, what="STaR run")
   metrics_path = os.path.join(ctx.workdir, "star_metrics.jsonl")
   logged = {r["iteration"] for r in io.read_jsonl_if_exists(metrics_path)}
   store = _Params(ctx, base_params)
