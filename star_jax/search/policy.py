@@ -11,10 +11,11 @@ prefills and n copies of the prefix cache per state). Both give the same tokens 
 log-probs to float rounding).
 
 Shapes are kept to few buckets, so the sampler compiles a handful of times per search rather than once per
-call (DESIGN.md §5): the number of prefixes is padded (with copies of the first, whose rows are dropped) to a
-multiple of `prefix_multiple` and of the mesh's batch divisor, prefixes are left-padded to a multiple of
-`prompt_multiple` tokens, and the static token buffer is `max_new_tokens` for every call, the step and answer
-caps being passed as the traced limit. With partitionable threefry (JAX's default) a row's random draws depend
+call (DESIGN.md §5; with dedup the number of states differs from call to call): the number of prefixes is
+padded (with copies of the first, whose rows are dropped) to `prefix_bucket` (a multiple of `prefix_multiple`
+and of the mesh's batch divisor, at most 4 sizes per octave: ≤ 25% padding), prefixes are left-padded to a
+multiple of `prompt_multiple` tokens, and the static token buffer is `max_new_tokens` for every call, the step
+and answer caps being passed as the traced limit. With partitionable threefry (JAX's default) a row's random draws depend
 on its index, not on the padded batch size, so the padding changes no real row.
 """
 
@@ -31,6 +32,17 @@ from jax.sharding import Mesh
 from star_jax import sampling, sharding
 from star_jax.models import ModelConfig
 from star_jax.search.tot import Continuation
+
+
+def prefix_bucket(count: int, multiple: int) -> int:
+  """The padded number of prefixes: q = ceil(count / multiple) rounded up to a multiple of 2^(⌊log2 q⌋ − 2)
+  (exact up to q = 7, then 4 sizes per doubling: at most 25% padding), times `multiple`. E.g. multiple 16:
+  1..16 → 16, 100 → 112, 130 → 160, 300 → 320, 1000 → 1024."""
+  if count < 1 or multiple < 1:
+    raise ValueError(f"prefix_bucket: count={count} and multiple={multiple} must be >= 1")
+  q = -(-count // multiple)
+  step = max(1, 2 ** (q.bit_length() - 3))
+  return -(-q // step) * step * multiple
 
 
 class ModelStepSampler:
@@ -63,7 +75,7 @@ class ModelStepSampler:
                        f"{self.max_new_tokens}]; set max_new_tokens to the larger of search.step_tokens and answer_tokens")
     if not prefixes or n < 1:
       raise ValueError(f"ModelStepSampler: needs prefixes and n >= 1, got {len(prefixes)} prefixes, n={n}")
-    g = -(-len(prefixes) // self.prefix_multiple) * self.prefix_multiple
+    g = prefix_bucket(len(prefixes), self.prefix_multiple)
     tokens_GxP, lengths_G = sampling.left_pad(list(prefixes) + [prefixes[0]] * (g - len(prefixes)),
                                               self.tokenizer.pad_id, multiple=self.prompt_multiple)
     cfg = sampling.SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=temperature, top_k=self.top_k,

@@ -14,6 +14,7 @@ from star_jax import models, sampling, sharding
 from star_jax.data import CharTokenizer
 from star_jax.models import ModelConfig
 from star_jax.search import LogProbValue, ModelStepSampler, PRMValue, SearchConfig, bfs, dfs
+from star_jax.search.policy import prefix_bucket
 from tests import toy_task
 
 TOK = CharTokenizer()
@@ -149,3 +150,12 @@ def test_dfs_runs_batched_on_the_policy(params):
       siblings = [c for c in result.nodes if c.parent == node.parent and c.duplicate_of < 0]
       assert node.value == max(c.value for c in siblings)
       node = result.nodes[node.parent]
+
+
+def test_prefix_bucket_hand_computed():
+  assert [prefix_bucket(c, 16) for c in (1, 16, 17, 100, 112, 113, 130, 300, 1000)] == [
+      16, 16, 32, 112, 112, 128, 160, 320, 1024]
+  sizes = sorted({prefix_bucket(c, 16) for c in range(1, 2049)})
+  assert len(sizes) == 24 and all(b >= c and (b - c) / c <= 0.25 for c in range(113, 2049) for b in [prefix_bucket(c, 16)])
+  with pytest.raises(ValueError, match="count=0"):
+    prefix_bucket(0, 16)
