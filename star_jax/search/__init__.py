@@ -21,6 +21,7 @@ from star_jax.search.tot import (
   bfs,
   dfs,
   search,
+  summarize,
 )
 from star_jax.search.values import (
   KINDS,
@@ -37,4 +38,4 @@ from star_jax.search.values import (
 
 __all__ = ["KINDS", "METHODS", "ORACLES", "SEARCHES", "Budget", "Continuation", "LogProbValue", "ModelStepSampler",
            "OracleValue", "Outcome", "PRMValue", "SearchConfig", "SearchResult", "State", "StateValues", "StepSampler",
-           "ValueConfig", "ValueFn", "bfs", "dfs", "game24_oracle", "make_value", "oracle_for", "search", "task_oracle"]
+           "ValueConfig", "ValueFn", "bfs", "dfs", "game24_oracle", "make_value", "oracle_for", "search", "summarize", "task_oracle"]

@@ -43,7 +43,7 @@ from typing import NamedTuple, Protocol
 import jax
 import numpy as np
 
-from star_jax.data.tasks import Example
+from star_jax.data.tasks import Example, Task
 
 METHODS = ("bfs", "dfs")
 
@@ -337,3 +337,23 @@ def search(policy: StepSampler, value_fn: ValueFn, examples: Sequence[Example], 
            cfg: SearchConfig, rng: jax.Array) -> SearchResult:
   """The search named by cfg.method ("bfs" or "dfs") over every problem at once."""
   return SEARCHES[cfg.method](policy, value_fn, examples, prompts, cfg, rng)
+
+
+def summarize(task: Task, examples: Sequence[Example], result: SearchResult) -> dict[str, float]:
+  """Means over problems: `correct` (task.is_correct of the output, the best final state), `correct_any` (of any
+  final state: an oracle picking among the beam), `steps_correct` (every step of the output exactly correct,
+  tasks with step checks), and the budget per problem (generated_tokens, sampler_calls, valued_states,
+  reward_model_tokens, expansions)."""
+  if len(examples) != len(result.outcomes):
+    raise ValueError(f"summarize: {len(examples)} examples but {len(result.outcomes)} outcomes")
+  n = len(examples)
+  out = {"problems": float(n),
+         "correct": sum(task.is_correct(e, o.text) for e, o in zip(examples, result.outcomes)) / n,
+         "correct_any": sum(any(task.is_correct(e, s.text) for s in o.finals)
+                            for e, o in zip(examples, result.outcomes)) / n}
+  if task.has_step_checks:
+    out["steps_correct"] = sum(bool(c) and all(c) for c in (task.step_correct(e, o.text) for e, o in
+                                                             zip(examples, result.outcomes))) / n
+  for key in ("generated_tokens", "sampler_calls", "valued_states", "reward_model_tokens", "expansions"):
+    out[key] = sum(getattr(o.budget, key) for o in result.outcomes) / n
+  return out

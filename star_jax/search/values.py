@@ -47,7 +47,7 @@ class ValueConfig:
   """Which state evaluator the search uses (the `value` config section)."""
 
   kind: str = "prm"  # "prm", "oracle" (an upper bound: it knows the answer) or "logprob"
-  aggregation: str = "product"  # prm: product | min | last; logprob: sum | mean | min | last
+  aggregation: str = ""  # prm: product | min | last; logprob: sum | mean | min | last ("" = product / sum)
   reward_model_dir: str = ""  # prm: a reward-model directory (prm.train.load_reward_model)
   seq_len: int = 256  # prm: the scoring batch's width (prompt + steps must fit)
   row_multiple: int = 64  # prm: scoring rows are padded to a multiple of this (few compiled shapes)
@@ -55,6 +55,8 @@ class ValueConfig:
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f"value.kind must be one of {KINDS}, got {self.kind!r}")
+    if not self.aggregation and self.kind != "oracle":
+      object.__setattr__(self, "aggregation", "sum" if self.kind == "logprob" else "product")
     allowed = LOGPROB_AGGREGATIONS if self.kind == "logprob" else tuple(prm_steps.AGGREGATIONS)
     if self.kind != "oracle" and self.aggregation not in allowed:
       raise ValueError(f"value.aggregation for kind {self.kind!r} must be one of {allowed}, got {self.aggregation!r}")

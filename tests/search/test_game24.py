@@ -10,7 +10,7 @@ import pytest
 
 from star_jax.data import CharTokenizer, game24
 from star_jax.data.tasks import get_task
-from star_jax.search import Continuation, LogProbValue, SearchConfig, State, ValueConfig, bfs, make_value, search
+from star_jax.search import Continuation, LogProbValue, SearchConfig, State, ValueConfig, bfs, make_value, search, summarize
 
 TOK = CharTokenizer()
 TASK = get_task("game24")
@@ -87,3 +87,7 @@ def test_search_with_the_oracle_solves_what_random_moves_do_not(method):
     checks = game24.check_steps(e.question, o.text)
     assert ok == (o.best.value == 1.0 and len(checks) == 3) == (o.reached_depth and all(c.good for c in checks))
   assert sum(solved) > 2 * sum(baseline)
+  summary = summarize(TASK, puzzles, tot)
+  assert summary["correct"] == sum(solved) / 40 <= summary["correct_any"] and summary["problems"] == 40
+  assert summary["steps_correct"] == sum(all(TASK.step_correct(e, o.text)) for e, o in zip(puzzles, tot.outcomes)) / 40
+  assert summary["generated_tokens"] == sum(o.budget.generated_tokens for o in tot.outcomes) / 40

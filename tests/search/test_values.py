@@ -86,6 +86,7 @@ def test_make_value_and_config_validation(tmp_path, monkeypatch):
   assert make_value(ValueConfig(kind="logprob", aggregation="min"), task=TASK).aggregation == "min"
   with pytest.raises(ValueError, match="needs value.reward_model_dir"):
     make_value(ValueConfig(kind="prm"), task=TASK)
+  assert (ValueConfig().aggregation, ValueConfig(kind="logprob").aggregation) == ("product", "sum")  # the defaults
   with pytest.raises(ValueError, match="value.kind must be one of"):
     ValueConfig(kind="rollouts")
   with pytest.raises(ValueError, match="aggregation for kind 'logprob'"):
