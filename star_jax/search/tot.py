@@ -194,8 +194,9 @@ class _Tree:
     out = self.policy(prefixes, n, max_new_tokens=cfg.answer_tokens if answer else cfg.step_tokens,
                       temperature=cfg.answer_temperature if answer else cfg.temperature,
                       rng=jax.random.fold_in(self.rng, self.sampler_calls))
-    if len(out) != len(states) * n:
-      raise ValueError(f"search: the step sampler returned {len(out)} continuations for {len(states)} x {n}")
+    if len(out) != len(states) * n or any(not c.tokens for c in out):
+      raise ValueError(f"search: the step sampler returned {len(out)} continuations for {len(states)} x {n} "
+                       f"({sum(not c.tokens for c in out)} empty); it must return n non-empty ones per prefix")
     self.sampler_calls += 1
     for p in {s.problem for s in states}:
       self.budgets[p].sampler_calls += 1

@@ -307,3 +307,9 @@ def test_search_rejects_mismatched_problems_and_bad_samplers():
       return super().__call__(prefixes, n, **kw)[:-1]
   with pytest.raises(ValueError, match="returned 2 continuations for 1 x 3"):
     bfs(Short(), LogProbValue(), EXAMPLES[:1], PROMPTS[:1], config(), RNG)
+
+  class Empty(ToySampler):
+    def __call__(self, prefixes, n, **kw):
+      return [Continuation((), ())] + super().__call__(prefixes, n, **kw)[1:]
+  with pytest.raises(ValueError, match=r"\(1 empty\)"):
+    bfs(Empty(), LogProbValue(), EXAMPLES[:1], PROMPTS[:1], config(), RNG)
