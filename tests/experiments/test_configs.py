@@ -9,6 +9,7 @@ import typing
 import pytest
 
 from experiments.prm_arithmetic import study
+from experiments.tot_game24 import study as tot_study
 from star_jax import config, main
 from star_jax.pg import config as pg_config
 from star_jax.star import config as star_config
@@ -22,6 +23,7 @@ FILES = {
     "prm_arithmetic": (study.PRMStudyConfig, ("", "tiny")),
     "star_gsm8k": (star_config.StarExperimentConfig, ("", "tiny")),
     "star_commonsense_qa": (star_config.StarExperimentConfig, ("", "tiny")),
+    "tot_game24": (tot_study.ToTStudyConfig, ("", "demo", "tiny")),
 }
 
 

@@ -1,0 +1,72 @@
+"""Tree-of-Thoughts vs chain-of-thought on the Game of 24 at equal generated tokens (experiments/tot_game24/study.py).
+
+  get_config()        the committed study (experiments/tot_game24/): base model ~55 min, the rest ~40 min on a
+                      shared 2-core CPU
+  get_config("demo")  <= 10 minutes on 2 cores end to end: a small base model, a PRM and a small ToT vs CoT table
+  get_config("tiny")  seconds of compute; used by the tests (tests/experiments/test_tot_game24.py, the notebook)
+
+  python -m experiments.tot_game24.study --config=experiments/configs/tot_game24.py \
+      --workdir=runs/tot_game24 --results_dir=experiments/tot_game24
+
+Validated by experiments.tot_game24.study.study_from_config (unknown keys are errors).
+"""
+
+import ml_collections
+
+from experiments.tot_game24 import study
+from star_jax import config
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  # Every field starts at its default (star_jax/config.py, experiments/tot_game24/study.py: the comments live
+  # there); only what this study changes is set below. The model keeps ModelConfig's defaults (4 layers,
+  # d_model 128: the prototype of DESIGN.md §5).
+  c = config.default_config(study.ToTStudyConfig)
+  # Sized for a shared, busy 2-core CPU (~2.5 s per base-model step with 8 processes on it): ~60 min.
+  c.policy_train.batch_size = 16  # packed rows of ~2 seed examples
+  c.policy_train.seq_len = 256  # tokens per row (a seed example is ~115 characters)
+  c.policy_train.steps = 1400
+  c.reward_train.batch_size = 16
+  c.reward_train.seq_len = 256
+  c.reward_train.steps = 300
+  c.reward_train.lr = 1e-3  # the trunk starts from the policy
+  c.reward_train.warmup_steps = 30
+  c.checkpoint.every_steps = 200  # save interval (and at the end): a killed run resumes
+  c.checkpoint.keep = 1
+  c.study.seed_examples = 60_000  # > the ~31k examples 1,400 steps of 16 packed rows read: every walk is new
+  c.study.cot_samples = 50  # CoT best-of-k for k = 1..50 (the issue asks up to 100: CPU time)
+  c.study.tot = ((1, 5), (5, 3), (5, 5))
+  c.value.aggregation = "last"  # `good` already covers every earlier step: V = P(the last step is good)
+  c.value.seq_len = 128  # prompt (<= 27) + 3 steps of <= 32 tokens + BOS
+  c.value.row_multiple = 256  # few compiled scoring shapes
+
+  if arg == "demo":
+    c.model.d_model, c.model.n_layers = 64, 2
+    c.policy_train.steps, c.policy_train.batch_size = 500, 16
+    c.reward_train.steps, c.reward_train.batch_size = 120, 16
+    c.checkpoint.every_steps = 100
+    c.study.seed_examples = 20_000
+    c.study.test_puzzles = 100
+    c.study.cot_samples = 16
+    c.study.reward_puzzles, c.study.reward_samples = 300, 2
+    c.study.auc_samples = 2
+    c.study.tot = ((1, 5), (5, 3))
+    c.study.values = ("prm", "oracle")
+  elif arg == "tiny":
+    c.model.d_model, c.model.n_layers, c.model.n_heads = 32, 1, 2
+    c.policy_train.steps, c.policy_train.batch_size, c.policy_train.warmup_steps = 4, 8, 1
+    c.reward_train.steps, c.reward_train.batch_size, c.reward_train.warmup_steps = 3, 8, 1
+    c.policy_train.log_every = c.reward_train.log_every = 1
+    c.checkpoint.every_steps = 2
+    c.study.seed_examples = 64
+    c.study.test_puzzles = 4
+    c.study.cot_samples = 4
+    c.study.reward_puzzles, c.study.reward_samples = 4, 2
+    c.study.auc_samples = 2
+    c.study.tot = ((1, 2), (2, 2))
+    c.study.generate_batch_size = 32
+    c.search.step_tokens, c.search.answer_tokens = 16, 24
+    c.value.row_multiple = 16
+  elif arg:
+    raise ValueError(f"unknown config variant {arg!r}; use '', 'demo' or 'tiny'")
+  return c

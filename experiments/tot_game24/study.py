@@ -1,0 +1,550 @@
+"""Tree-of-Thoughts vs chain-of-thought on the Game of 24 (issue 15, "The comparison"), end to end:
+
+  1. policy   a base model trained from scratch on the seed set (data/game24_seed.py: single-step facts, random
+              legal walks, solved examples for <= 5% of the train puzzles); it writes legal steps, it cannot plan;
+  2. cot      on the held-out test puzzles: one greedy output and K samples per puzzle, judged by `is_correct`
+              and labelled by `check_steps` (base competence: sampled steps `correct`, pass@1; CoT best-of-k);
+  3. reward   samples of the policy on train puzzles with the exact step labels (`check_steps(...).good`: every
+              step so far correct and the numbers left can still make 24); a process reward model (PRM) trained
+              on them from the policy's weights (Lightman et al. 2023, arXiv 2305.20050); its step AUC on held-out
+              test samples;
+  4. tot      ToT-BFS (Yao et al. 2023, arXiv 2305.10601, star_jax.search) with breadth b and n samples per state,
+              valued by the PRM, by the policy's own log-prob, and by the exact oracle (an UPPER BOUND: it knows
+              which states can still make 24);
+  5. report   success rate against generated tokens per puzzle: CoT best-of-k with the exact checker (the
+              paper's "best of k"; k samples cost k times a sample's mean tokens) against each ToT setting.
+
+Every phase writes its output atomically under the workdir and is skipped when it exists, so a killed run
+resumes to the same results; the policy and reward model resume mid-training from their checkpoints.
+
+  python -m experiments.tot_game24.study --config=experiments/configs/tot_game24.py --workdir=runs/tot_game24 \
+      --results_dir=experiments/tot_game24
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from fractions import Fraction
+
+import jax
+import numpy as np
+from matplotlib.figure import Figure
+
+from star_jax import checkpoint, host_malloc, io, sampling, sharding, train
+from star_jax import config as config_lib
+from star_jax.data import CharTokenizer, game24, game24_seed
+from star_jax.models import HeadConfig, ModelConfig
+from star_jax.prm import logprob as prm_logprob
+from star_jax.prm import reward as prm_reward
+from star_jax.prm import steps as prm_steps
+from star_jax.prm import train as prm_train
+from star_jax.search import LogProbValue, ModelStepSampler, PRMValue, SearchConfig, ValueConfig, bfs, oracle_for
+
+CONFIG_FILE = "study_config.json"  # in the workdir: the config the study was started with
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+  seed: int = 0  # seed set, sampling and search rngs derive from it
+  split_seed: int = game24.SPLIT_SEED  # game24.split: train (seed set, reward data) / held-out test puzzles
+  seed_examples: int = 150_000  # size of the base model's seed set (game24_seed.seed_set; facts/walks/solved)
+  test_puzzles: int = 200  # held-out test puzzles compared on (the first of the split's test list)
+  temperature: float = 1.0  # CoT sampling and reward-data sampling (the search has its own)
+  cot_samples: int = 100  # K samples per test puzzle: CoT best-of-k for k = 1..K
+  cot_tokens: int = game24.MAX_GENERATION_CHARS  # generation cap of a CoT output (characters = tokens)
+  reward_puzzles: int = 1000  # train puzzles the reward data is sampled on (every 10th: validation only)
+  reward_samples: int = 4  # samples per reward puzzle
+  auc_samples: int = 4  # test samples per puzzle the PRM scores for its held-out step AUC
+  tot: tuple[tuple[int, int], ...] = ((1, 3), (1, 5), (1, 10), (5, 3), (5, 5))  # (breadth b, samples n) settings
+  values: tuple[str, ...] = ("prm", "logprob", "oracle")  # value functions (search.values.KINDS)
+  generate_batch_size: int = 512  # rows decoded together (CoT)
+
+  def __post_init__(self):
+    for key in ("seed_examples", "test_puzzles", "cot_samples", "cot_tokens", "reward_puzzles", "reward_samples",
+                "auc_samples", "generate_batch_size"):
+      if getattr(self, key) <= 0:
+        raise ValueError(f"config.study.{key} must be > 0, got {getattr(self, key)}")
+    if self.temperature <= 0:
+      raise ValueError(f"config.study.temperature must be > 0 (sampling), got {self.temperature}")
+    if self.auc_samples > self.cot_samples:
+      raise ValueError(f"config.study.auc_samples={self.auc_samples} must be <= cot_samples={self.cot_samples}")
+    if not self.tot or any(len(t) != 2 or min(t) < 1 for t in self.tot):
+      raise ValueError(f"config.study.tot must list (breadth, samples) pairs >= 1, got {self.tot}")
+    bad = [v for v in self.values if v not in ("prm", "logprob", "oracle")]
+    if not self.values or bad:
+      raise ValueError(f"config.study.values must be from ('prm', 'logprob', 'oracle'), got {self.values}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ToTStudyConfig:
+  model: ModelConfig  # the policy (and the reward model's trunk)
+  policy_train: config_lib.TrainConfig  # the base model on the seed set (steps = its length)
+  reward_train: config_lib.TrainConfig  # the PRM on the policy's labelled samples
+  checkpoint: config_lib.CheckpointConfig
+  mesh: config_lib.MeshConfig
+  search: SearchConfig  # ToT settings shared by every run (breadth and samples come from study.tot)
+  value: ValueConfig  # PRM value: aggregation, scoring width (kind comes from study.values)
+  study: StudyConfig
+
+
+def study_from_config(config: Mapping) -> ToTStudyConfig:
+  """Validate the ConfigDict of experiments/configs/tot_game24.py (unknown keys are errors)."""
+  return config_lib.from_mapping(ToTStudyConfig, config)
+
+
+def puzzles(s: StudyConfig) -> dict[str, list[tuple[int, ...]]]:
+  """{"train": the split's train puzzles, "test": the first `test_puzzles` held-out puzzles}."""
+  train_puzzles, test_puzzles = game24.split(s.split_seed)
+  if s.test_puzzles > len(test_puzzles):
+    raise ValueError(f"config.study.test_puzzles={s.test_puzzles} > {len(test_puzzles)} held-out puzzles")
+  return {"train": list(train_puzzles), "test": list(test_puzzles[:s.test_puzzles])}
+
+
+def base_model(cfg: ToTStudyConfig, workdir: str, mesh):
+  """Phase 1: the policy trained from scratch on the seed set (resumes; a finished phase is loaded)."""
+  directory = os.path.join(workdir, "policy")
+  if os.path.exists(os.path.join(directory, "train.json")):
+    return train.restore_params(cfg.model, cfg.policy_train, mesh, directory, keep=cfg.checkpoint.keep)
+  s = cfg.study
+  examples = game24_seed.training_pairs(game24_seed.seed_set(puzzles(s)["train"], s.seed_examples, s.seed))
+  params, _ = train.fine_tune(cfg.model, cfg.policy_train, cfg.checkpoint, mesh, CharTokenizer(), examples, None,
+                              cfg.policy_train.steps, directory, pack=True, data_seed=s.seed,
+                              init_seed=cfg.policy_train.seed, description="policy")
+  return params
+
+
+# ---- sampling and judging ----
+
+def generate(cfg: ToTStudyConfig, mesh, params, prompts: Sequence[str], n: int, *, temperature: float,
+             max_new_tokens: int, rng: jax.Array) -> list[tuple[str, int]]:
+  """(text, generated tokens) of n continuations of every prompt, row i * n + j = continuation j of prompt i.
+
+  `sampling.sample_grouped` (each prompt prefilled once for its n rows); chunks of a fixed number of prompts
+  (the last padded with copies of its first), so the sampler compiles once per prompt-length bucket. The token
+  count includes EOS (what the policy generated), as the search's budget does.
+  """
+  tokenizer = CharTokenizer()
+  divisor = sharding.batch_divisor(mesh)
+  per_call = max(1, cfg.study.generate_batch_size // n)
+  per_call = -(-per_call // divisor) * divisor
+  encoded = [tokenizer.encode(p, add_bos=True) for p in prompts]
+  scfg = sampling.SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature)
+  out = []
+  for start in range(0, len(encoded), per_call):
+    chunk = encoded[start:start + per_call]
+    tokens_GxP, lengths_G = sampling.left_pad(chunk + [chunk[0]] * (per_call - len(chunk)), tokenizer.pad_id, multiple=32)
+    res = sampling.sample_grouped(cfg.model, params, sharding.shard_global_batch(tokens_GxP, mesh),
+                                  sharding.shard_global_batch(lengths_G, mesh), jax.random.fold_in(rng, start),
+                                  n_per_prompt=n, cfg=scfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+    tokens_BxN, lengths_B = sharding.to_host((res.tokens_BxN, res.lengths_B))
+    for row in range(len(chunk) * n):
+      out.append((tokenizer.decode(tokens_BxN[row, :lengths_B[row]]), int(lengths_B[row])))
+  return out
+
+
+def _has_fraction(check: game24.StepCheck) -> bool:
+  """The step line involves a non-integer (an operand, the result or a number left)."""
+  parsed = game24.parse_step(check.text)
+  if parsed is None:
+    return False
+  (a, _, b, r), left = parsed
+  return any(Fraction(x).denominator != 1 for x in (a, b, r, *left))
+
+
+def judge(puzzle: Sequence[int], text: str, tokens: int) -> dict:
+  """One output, judged exactly: correct answer (`is_correct`), its step checks, and whether it reached
+  `left: 24` with every step correct."""
+  question = game24.format_numbers(puzzle)
+  checks = game24.check_steps(question, text)
+  correct_steps = [c.correct for c in checks]
+  reached = bool(checks) and all(correct_steps) and checks[-1].left == (Fraction(24),)
+  return {"puzzle": question, "text": text, "tokens": tokens, "correct": game24.is_correct(question, text),
+          "reached24": reached, "steps_correct": correct_steps, "steps_good": [c.good for c in checks],
+          "steps_fraction": [_has_fraction(c) for c in checks]}
+
+
+def cot_samples(cfg: ToTStudyConfig, mesh, params, test: Sequence[tuple[int, ...]], rng) -> dict[str, list[dict]]:
+  """{"greedy": one greedy output per puzzle, "sampled": K samples per puzzle (K = study.cot_samples)}."""
+  task = game24.Game24Task()
+  prompts = [task.prompt(game24.puzzle_example(p)) for p in test]
+  s = cfg.study
+  greedy = generate(cfg, mesh, params, prompts, 1, temperature=0.0, max_new_tokens=s.cot_tokens, rng=rng)
+  sampled = generate(cfg, mesh, params, prompts, s.cot_samples, temperature=s.temperature, max_new_tokens=s.cot_tokens,
+                     rng=jax.random.fold_in(rng, 1))
+  return {"greedy": [judge(p, *g) for p, g in zip(test, greedy)],
+          "sampled": [dict(judge(test[i // s.cot_samples], *g), sample=i % s.cot_samples) for i, g in enumerate(sampled)]}
+
+
+def competence(records: Sequence[Mapping]) -> dict:
+  """Base competence of a set of outputs: fraction of step lines `correct` (all, integer-only, with fractions),
+  correct answers, `left: 24` reached with every step right, mean generated tokens."""
+  steps = np.asarray([c for r in records for c in r["steps_correct"]], bool)
+  frac = np.asarray([f for r in records for f in r["steps_fraction"]], bool)
+  mean = lambda x: float(np.mean(x)) if len(x) else None  # noqa: E731
+  return {"outputs": len(records), "steps": int(steps.size), "step_correct": mean(steps),
+          "step_correct_integer": mean(steps[~frac]), "step_correct_fraction": mean(steps[frac]),
+          "fraction_steps": mean(frac), "steps_per_output": steps.size / max(len(records), 1),
+          "pass@1": mean([r["correct"] for r in records]), "reached24": mean([r["reached24"] for r in records]),
+          "tokens_per_output": mean([r["tokens"] for r in records])}
+
+
+def pass_at_k(correct_PxK: np.ndarray, k: float) -> float:
+  """Best-of-k with the exact checker (Yao et al.'s "best of k"): P(at least one of k samples is correct),
+  the unbiased estimator 1 - C(K - c, k) / C(K, k) per puzzle (Chen et al. 2021, arXiv 2107.03374), averaged;
+  a fractional k interpolates linearly between floor(k) and ceil(k)."""
+  big_k = correct_PxK.shape[1]
+  if not 0 <= k <= big_k:
+    raise ValueError(f"pass_at_k: k={k} outside [0, {big_k}]")
+  if k != int(k):
+    lo, hi = int(k), int(k) + 1
+    return (hi - k) * pass_at_k(correct_PxK, lo) + (k - lo) * pass_at_k(correct_PxK, hi)
+  k = int(k)
+  if k == 0:
+    return 0.0
+  c = correct_PxK.sum(axis=1)
+  miss = [math.comb(big_k - int(ci), k) / math.comb(big_k, k) for ci in c]
+  return float(1.0 - np.mean(miss))
+
+
+# ---- the process reward model ----
+
+def reward_examples(records: Sequence[Mapping]) -> list[dict]:
+  """Encoded PRM examples: each sample's text (cut after its Answer line) with the exact `good` label at the
+  end of every step line (prm.steps.encode_labelled_text)."""
+  task, tokenizer, out = game24.Game24Task(), CharTokenizer(), []
+  for r in records:
+    example = game24.puzzle_example(game24.puzzle_numbers(r["puzzle"]))
+    text = task.trim(r["text"])
+    steps = task.steps(text)
+    labels = [float(g) for g in task.step_good(example, text)]
+    out.append(prm_steps.encode_labelled_text(tokenizer, task.prompt(example), text, [st.end for st in steps], labels))
+  return out
+
+
+def train_prm(cfg: ToTStudyConfig, mesh, directory: str, examples, trunk_params):
+  """The PRM (one binary process head on the policy's trunk) trained on `examples` (resumes; a finished one loads)."""
+  rc, head = cfg.reward_train, HeadConfig(prm_classes=1)
+  tx = train.make_optimizer(rc)
+  abstract, _ = prm_train.reward_state_shardings(cfg.model, head, tx, mesh)
+  last = {}
+  with checkpoint.Checkpointer(os.path.join(directory, "checkpoints"), keep=cfg.checkpoint.keep) as ckpt:
+    batches = iter(prm_train.make_reward_dataset(examples, batch_size=rc.batch_size // jax.process_count(),
+                                                 seq_len=rc.seq_len, seed=rc.seed))
+    if ckpt.latest_step() is not None:
+      state, data_state = ckpt.restore(abstract)
+      batches.set_state(data_state)
+    else:
+      state = prm_train.create_reward_state(cfg.model, head, tx, mesh, rc.seed, trunk_params=trunk_params)
+    if int(state.step) < rc.steps:
+      step_fn = prm_train.compile_reward_train_step(cfg.model, head, rc, prm_train.RewardObjective(), mesh, tx)
+      state = train.train_loop(state, step_fn, batches, mesh, num_steps=rc.steps, checkpointer=ckpt,
+                               checkpoint_config=cfg.checkpoint, log_every=rc.log_every, description="prm",
+                               on_log=lambda s, m: last.update(m))
+      io.write_json(os.path.join(directory, "train.json"), {"steps": rc.steps, "final": last})
+  prm_train.save_spec(directory, cfg.model, head, rc)
+  return state.params
+
+
+def step_auc(cfg: ToTStudyConfig, mesh, prm_dir: str, records: Sequence[Mapping]) -> dict:
+  """The PRM's P(step good) at every step line of `records` against the exact `good` labels: AUC, accuracy at
+  0.5, and the AUC among steps that are arithmetically correct (where only solvability separates the labels)."""
+  task, tokenizer = game24.Game24Task(), CharTokenizer()
+  model_config, _, params = prm_train.load_reward_model(prm_dir, mesh)
+  inputs = [prm_reward.scoring_example(tokenizer, task, game24.puzzle_example(game24.puzzle_numbers(r["puzzle"])),
+                                       task.trim(r["text"])) for r in records]
+  probs, _ = prm_train.score_examples(model_config, params, inputs, mesh=mesh, batch_size=256, seq_len=cfg.reward_train.seq_len)
+  p, good, correct = [], [], []
+  for r, ps in zip(records, probs):
+    n = min(len(ps), len(r["steps_good"]))
+    p += ps[:n]
+    good += r["steps_good"][:n]
+    correct += r["steps_correct"][:n]
+  p, good, correct = np.asarray(p), np.asarray(good, bool), np.asarray(correct, bool)
+  return {"steps": int(p.size), "positive_fraction": float(good.mean()) if p.size else None,
+          "auc": prm_logprob.roc_auc(p, good), "accuracy": float(np.mean((p > 0.5) == good)) if p.size else None,
+          "auc_correct_steps": prm_logprob.roc_auc(p[correct], good[correct]),
+          "correct_steps": int(correct.sum())}
+
+
+# ---- the search ----
+
+def tot_run(cfg: ToTStudyConfig, mesh, params, prm_dir: str, test: Sequence[tuple[int, ...]], value: str,
+            breadth: int, samples: int, rng) -> list[dict]:
+  """ToT-BFS (star_jax.search.bfs) on every test puzzle with breadth b, n samples per state and the named value
+  function; one judged record per puzzle with its budget (generated tokens, reward-model tokens, sampler calls)."""
+  task, tokenizer = game24.Game24Task(), CharTokenizer()
+  scfg = dataclasses.replace(cfg.search, method="bfs", breadth=breadth, samples=samples)
+  if value == "prm":
+    model_config, _, prm_params = prm_train.load_reward_model(prm_dir, mesh)
+    value_fn = PRMValue(model_config, prm_params, tokenizer, task, mesh, aggregation=cfg.value.aggregation,
+                        seq_len=cfg.value.seq_len, row_multiple=cfg.value.row_multiple)
+  elif value == "logprob":
+    value_fn = LogProbValue("sum")
+  else:
+    value_fn = oracle_for(task)
+  policy = ModelStepSampler(cfg.model, params, tokenizer, mesh, max_new_tokens=max(scfg.step_tokens, scfg.answer_tokens),
+                            prefix_multiple=64)
+  examples = [game24.puzzle_example(p) for p in test]
+  result = bfs(policy, value_fn, examples, [task.prompt(e) for e in examples], scfg, rng)
+  out = []
+  for p, o in zip(test, result.outcomes):
+    b = o.budget
+    out.append(dict(judge(p, o.text, b.generated_tokens), model_tokens=b.reward_model_tokens,
+                    sampler_calls=b.sampler_calls, valued_states=b.valued_states, value=o.best.value))
+  return out
+
+
+# ---- the study ----
+
+def _cached(path: str, make):
+  if os.path.exists(path):
+    return io.read_json(path)
+  out = make()
+  io.write_json(path, out)
+  return out
+
+
+def tot_settings(s: StudyConfig) -> list[tuple[str, int, int]]:
+  """(value, b, n) of every ToT run, in the order they run: the widest settings first, the PRM first, so that a
+  run stopped early has the comparison the issue asks for."""
+  order = {v: i for i, v in enumerate(("prm", "oracle", "logprob"))}
+  return sorted(((v, b, n) for v in s.values for b, n in s.tot), key=lambda t: (-t[1], -t[2], order[t[0]]))
+
+
+def _check_config(cfg: ToTStudyConfig, workdir: str) -> None:
+  """Refuse a workdir whose finished phases came from another base model or reward recipe (the ToT settings and
+  study sizes of later phases may change: each ToT setting is its own file)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  fixed = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("model", "policy_train", "reward_train")}
+  fixed["seed_set"] = [cfg.study.seed, cfg.study.split_seed, cfg.study.seed_examples]
+  fixed = json.loads(json.dumps(fixed))
+  if os.path.exists(path):
+    saved = io.read_json(path)
+    if saved != fixed:
+      diff = sorted(k for k in fixed if saved.get(k) != fixed[k])
+      raise ValueError(f"{path}: the workdir was started with another base model / reward recipe ({diff}); "
+                       "use a new --workdir")
+  else:
+    os.makedirs(workdir, exist_ok=True)
+    io.write_json(path, fixed)
+
+
+def run(cfg: ToTStudyConfig, workdir: str, results_dir: str | None = None) -> dict:
+  """All phases (module docstring); returns results.json's content."""
+  _check_config(cfg, workdir)
+  s = cfg.study
+  mesh = sharding.make_mesh(cfg.mesh.axes, name="config.mesh.axes")
+  pools = puzzles(s)
+  rng = jax.random.key(s.seed)
+  timings = {}
+
+  def timed(name, make):
+    t0 = time.perf_counter()
+    out = make()
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+    return out
+
+  params = timed("policy", lambda: base_model(cfg, workdir, mesh))
+  cot = timed("cot", lambda: _cached(os.path.join(workdir, "cot.json"),
+                                      lambda: cot_samples(cfg, mesh, params, pools["test"], jax.random.fold_in(rng, 1))))
+
+  # reward data: the policy's samples on train puzzles (every 10th puzzle validates only)
+  order = np.random.default_rng([s.seed, 11]).permutation(len(pools["train"]))[:s.reward_puzzles]
+  reward_puzzles = [pools["train"][i] for i in order]
+  prompts = [game24.Game24Task().prompt(game24.puzzle_example(p)) for p in reward_puzzles]
+
+  def sample_reward_data():
+    outs = generate(cfg, mesh, params, prompts, s.reward_samples, temperature=s.temperature,
+                    max_new_tokens=s.cot_tokens, rng=jax.random.fold_in(rng, 2))
+    return [dict(judge(reward_puzzles[i // s.reward_samples], *o), validation=(i // s.reward_samples) % 10 == 9)
+            for i, o in enumerate(outs)]
+  reward_records = timed("reward_data", lambda: _cached(os.path.join(workdir, "reward_data.json"), sample_reward_data))
+  train_records = [r for r in reward_records if not r["validation"]]
+  val_records = [r for r in reward_records if r["validation"]]
+  prm_dir = os.path.join(workdir, "prm")
+  if not os.path.exists(os.path.join(prm_dir, "train.json")):
+    timed("prm_train", lambda: train_prm(cfg, mesh, prm_dir, reward_examples(train_records), params))
+  auc_records = [r for r in cot["sampled"] if r["sample"] < s.auc_samples]
+  prm_auc = timed("prm_auc", lambda: _cached(os.path.join(workdir, "prm_auc.json"), lambda: {
+      "test": step_auc(cfg, mesh, prm_dir, auc_records),
+      "validation": step_auc(cfg, mesh, prm_dir, val_records) if val_records else None}))
+
+  tot = {}
+  for value, b, n in tot_settings(s):
+    name = f"{value}_b{b}_n{n}"
+    key = jax.random.fold_in(jax.random.fold_in(rng, 3), 1000 * b + n)  # the same samples for every value function
+    tot[name] = timed(f"tot_{name}", lambda v=value, b=b, n=n, name=name, key=key: _cached(
+        os.path.join(workdir, f"tot_{name}.json"), lambda: tot_run(cfg, mesh, params, prm_dir, pools["test"], v, b, n, key)))
+
+  results = summarize(cfg, cot, reward_records, prm_auc, tot)
+  results["timings_seconds"] = timings
+  results["config"] = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+  io.write_json(os.path.join(workdir, "results.json"), results)
+  write_report(results, workdir)
+  if results_dir:
+    os.makedirs(results_dir, exist_ok=True)
+    for name in ("results.json", "report.md", "success_vs_tokens.png"):
+      shutil.copy(os.path.join(workdir, name), os.path.join(results_dir, name))
+  return results
+
+
+# ---- results ----
+
+def _ci95(p: float | None, n: int) -> float | None:
+  """Half-width of the normal-approximation 95% interval of a proportion over n puzzles."""
+  return None if p is None or n == 0 else float(1.96 * math.sqrt(max(p * (1 - p), 1e-12) / n))
+
+
+def summarize(cfg: ToTStudyConfig, cot: Mapping, reward_records: Sequence[Mapping], prm_auc: Mapping,
+              tot: Mapping[str, Sequence[Mapping]]) -> dict:
+  """results.json: base competence, the PRM, CoT best-of-k and every ToT setting against CoT at equal tokens."""
+  s = cfg.study
+  n_puzzles = len(cot["greedy"])
+  sampled = cot["sampled"]
+  correct_PxK = np.asarray([r["correct"] for r in sampled], bool).reshape(n_puzzles, s.cot_samples)
+  reached_PxK = np.asarray([r["reached24"] for r in sampled], bool).reshape(n_puzzles, s.cot_samples)
+  tokens_per_sample = float(np.mean([r["tokens"] for r in sampled]))
+  ks = sorted({k for k in (1, 2, 3, 5, 10, 20, 30, 50, 100) if k <= s.cot_samples} | {s.cot_samples})
+  best_of_k = [{"k": k, "tokens": k * tokens_per_sample, "success": pass_at_k(correct_PxK, k),
+                "reached24": pass_at_k(reached_PxK, k)} for k in ks]
+  rows = []
+  for name, records in tot.items():
+    value, b, n = name.rsplit("_", 2)
+    tokens = float(np.mean([r["tokens"] for r in records]))
+    k_equal = tokens / tokens_per_sample
+    success = float(np.mean([r["correct"] for r in records]))
+    rows.append({"name": name, "value": value, "breadth": int(b[1:]), "samples": int(n[1:]), "puzzles": len(records),
+                 "success": success, "success_ci95": _ci95(success, len(records)),
+                 "reached24": float(np.mean([r["reached24"] for r in records])), "tokens": tokens,
+                 "reward_model_tokens": float(np.mean([r["model_tokens"] for r in records])),
+                 "sampler_calls": float(np.mean([r["sampler_calls"] for r in records])),
+                 "cot_k_equal_tokens": k_equal,
+                 "cot_success_equal_tokens": pass_at_k(correct_PxK, k_equal) if k_equal <= s.cot_samples else None,
+                 "cot_reached24_equal_tokens": pass_at_k(reached_PxK, k_equal) if k_equal <= s.cot_samples else None})
+  greedy = competence(cot["greedy"])
+  base = {"sampled": competence(sampled), "greedy": greedy, "temperature": s.temperature}
+  targets = _targets(rows)
+  train_reward = [r for r in reward_records if not r["validation"]]
+  labels = np.asarray([g for r in train_reward for g in r["steps_good"]], float)
+  return {"puzzles": n_puzzles, "cot_samples": s.cot_samples, "base": base,
+          "cot": {"greedy": greedy["pass@1"], "tokens_per_sample": tokens_per_sample, "best_of_k": best_of_k},
+          "reward_data": {"samples": len(train_reward), "validation_samples": len(reward_records) - len(train_reward),
+                          "steps": int(labels.size), "good_fraction": float(labels.mean()) if labels.size else None,
+                          "sample_correct": float(np.mean([r["correct"] for r in train_reward])) if train_reward else None},
+          "prm": dict(prm_auc), "tot": rows, "targets": targets}
+
+
+def _targets(rows: Sequence[Mapping]) -> dict:
+  """The issue's targets, checked on the measured rows: (1) ToT+PRM beats CoT best-of-k at equal tokens for every
+  PRM setting whose cost is at least ToT b=5's (the cheapest b=5 PRM run); (2) ToT+PRM b=5 beats b=1 at equal n."""
+  prm = [r for r in rows if r["value"] == "prm"]
+  b5 = [r for r in prm if r["breadth"] == 5]
+  if not b5:
+    return {"prm_beats_cot_from_b5_cost": None, "b5_beats_b1": None}
+  floor = min(r["tokens"] for r in b5)
+  compared = [r for r in prm if r["tokens"] >= floor and r["cot_success_equal_tokens"] is not None]
+  pairs = [(r5, r1) for r5 in b5 for r1 in prm if r1["breadth"] == 1 and r1["samples"] == r5["samples"]]
+  return {"prm_beats_cot_from_b5_cost": bool(compared) and all(r["success"] > r["cot_success_equal_tokens"]
+                                                                for r in compared),
+          "compared": [r["name"] for r in compared],
+          "b5_beats_b1": bool(pairs) and all(r5["success"] > r1["success"] for r5, r1 in pairs),
+          "b5_b1_pairs": [[r5["name"], r1["name"]] for r5, r1 in pairs]}
+
+
+def _pct(x) -> str:
+  return "–" if x is None else f"{100 * x:.1f}%"
+
+
+_VALUE_LABELS = {"prm": "PRM (learned)", "logprob": "policy log-prob", "oracle": "exact oracle (upper bound)"}
+
+
+def write_report(results: Mapping, directory: str) -> None:
+  """report.md (tables) and success_vs_tokens.png from `results` (see `run`)."""
+  base, cot, prm = results["base"], results["cot"], results["prm"]
+  sb, gb = base["sampled"], base["greedy"]
+  lines = ["# Tree-of-Thoughts vs chain-of-thought on the Game of 24", "",
+           f"{results['puzzles']} held-out test puzzles; CoT: {results['cot_samples']} samples per puzzle at temperature "
+           f"{base['temperature']} and one greedy output.", "",
+           "## Base model competence", "",
+           "| outputs | steps correct | integer steps | steps with fractions | correct answer (pass@1) | reached `left: 24` | tokens/output |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+  for label, c in (("sampled", sb), ("greedy", gb)):
+    lines.append(f"| {label} | {_pct(c['step_correct'])} | {_pct(c['step_correct_integer'])} | "
+                 f"{_pct(c['step_correct_fraction'])} | {_pct(c['pass@1'])} | {_pct(c['reached24'])} | "
+                 f"{c['tokens_per_output']:.0f} |")
+  rd = results["reward_data"]
+  lines += ["", "## Process reward model", "",
+            f"Trained on {rd['samples']} policy samples ({rd['steps']} steps, {_pct(rd['good_fraction'])} `good`) from "
+            f"train puzzles, from the policy's weights. Against the exact labels (`check_steps(...).good`):", "",
+            "| held-out samples | steps | good | step AUC | accuracy at 0.5 | AUC among arithmetically correct steps |",
+            "|---|---:|---:|---:|---:|---:|"]
+  for split in ("test", "validation"):
+    a = prm.get(split)
+    if a:
+      auc = lambda x: "–" if x is None else f"{x:.3f}"  # noqa: E731
+      lines.append(f"| {split} | {a['steps']} | {_pct(a['positive_fraction'])} | {auc(a['auc'])} | {_pct(a['accuracy'])} | "
+                   f"{auc(a['auc_correct_steps'])} |")
+  lines += ["", "## Success against generated tokens per puzzle", "",
+            "CoT best-of-k with the exact checker (success if any of k samples is correct; k samples cost k times "
+            f"the mean sample, {cot['tokens_per_sample']:.0f} tokens): " + ", ".join(
+                f"k={r['k']} {_pct(r['success'])}" for r in cot["best_of_k"]) + f"; CoT greedy {_pct(cot['greedy'])}.", "",
+            "| ToT-BFS value | b | n | correct answer (±95%) | reached `left: 24` | gen. tokens/puzzle | RM tokens/puzzle | "
+            "CoT best-of-k at equal tokens (k) | CoT reached 24 at equal tokens |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  for r in sorted(results["tot"], key=lambda r: (list(_VALUE_LABELS).index(r["value"]), r["breadth"], r["samples"])):
+    lines.append(f"| {_VALUE_LABELS[r['value']]} | {r['breadth']} | {r['samples']} | {_pct(r['success'])} "
+                 f"(±{100 * r['success_ci95']:.1f}) | {_pct(r['reached24'])} | {r['tokens']:.0f} | {r['reward_model_tokens']:.0f} | "
+                 f"{_pct(r['cot_success_equal_tokens'])} ({r['cot_k_equal_tokens']:.1f}) | {_pct(r['cot_reached24_equal_tokens'])} |")
+  t = results["targets"]
+  lines += ["", "Targets (measured, not assumed): ToT+PRM beats CoT best-of-k at equal tokens from ToT b=5's cost upward: "
+            f"**{t['prm_beats_cot_from_b5_cost']}**; ToT+PRM b=5 beats b=1 at equal n: **{t['b5_beats_b1']}**.", ""]
+  if "timings_seconds" in results:
+    lines += ["Wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["timings_seconds"].items()), ""]
+  lines += ["![success vs tokens](success_vs_tokens.png)"]
+  io.write_text(os.path.join(directory, "report.md"), "\n".join(lines) + "\n")
+
+  fig = Figure(figsize=(6.5, 4.2))
+  ax = fig.subplots()
+  ax.plot([r["tokens"] for r in cot["best_of_k"]], [100 * r["success"] for r in cot["best_of_k"]], "k-", marker=".",
+          label="CoT best-of-k (exact checker)")
+  markers, colors = {1: "o", 5: "s"}, {"prm": "tab:blue", "logprob": "tab:orange", "oracle": "tab:green"}
+  for r in results["tot"]:
+    ax.scatter([r["tokens"]], [100 * r["success"]], marker=markers.get(r["breadth"], "^"), color=colors[r["value"]],
+               facecolors="none" if r["value"] == "oracle" else colors[r["value"]])
+    ax.annotate(f"b{r['breadth']}n{r['samples']}", (r["tokens"], 100 * r["success"]), fontsize=6,
+                textcoords="offset points", xytext=(3, 3))
+  for value, color in colors.items():
+    if any(r["value"] == value for r in results["tot"]):
+      ax.scatter([], [], color=color, label=f"ToT-BFS, {_VALUE_LABELS[value]}")
+  ax.set_xscale("log")
+  ax.set_xlabel("generated tokens per puzzle")
+  ax.set_ylabel("% test puzzles with a correct answer")
+  ax.set_title("Game of 24: ToT vs CoT at equal generated tokens")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  io.save_figure(fig, os.path.join(directory, "success_vs_tokens.png"))
+
+
+def main(argv):
+  del argv
+  host_malloc.reuse_freed_memory()  # before any JAX computation; STAR_JAX_SYSTEM_MALLOC=1 opts out
+  from absl import flags  # noqa: PLC0415 (flags are defined by the entry point below)
+  cfg = study_from_config(flags.FLAGS.config)
+  run(cfg, flags.FLAGS.workdir, flags.FLAGS.results_dir or None)
+
+
+if __name__ == "__main__":
+  from absl import app, flags, logging
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "experiments/configs/tot_game24.py[:variant]", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and the report.")
+  flags.DEFINE_string("results_dir", "", "Also copy results.json, report.md and the plot here.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  logging.set_verbosity(logging.WARNING)
+  app.run(main, flags_parser=config_lib.parse_flags)
