@@ -2,6 +2,7 @@
 
   config.py       the `rl` section and RLExperimentConfig (kind "pg")
   advantages.py   advantage estimators (registry): none, batch_mean, group_mean, rloo, grpo
+  credit.py       per-token credit from step rewards (rl.credit): reward-to-go with per-step LOO baselines, GAE
   kl.py           KL estimators k1/k2/k3 and the adaptive β controller
   objectives.py   the surrogate losses and their normalisations (pure maths)
   step.py         the jitted, sharded update (PPO epochs, reference log-probs)

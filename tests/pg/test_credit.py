@@ -195,6 +195,23 @@ def test_gae_with_lambda_one_and_any_state_value_is_unbiased_and_lambda_below_on
   assert np.max(np.abs(biased + np.asarray(GRAD_J))) > 1e-2  # a wrong V with λ < 1 biases the gradient
 
 
+def test_reward_to_go_with_a_per_token_k1_penalty_is_unbiased_for_the_regularised_objective():
+  """r_t − β (log π(y_t) − log π_ref(y_t)) per token (rl.kl_mode = "reward" with per-step credit):
+  E[Σ_t A_t ∇log π] = ∇(E[Σ_k r_k + R] − β KL(π‖π_ref)), with the per-step baselines."""
+  theta_ref, beta = jnp.asarray(np.random.default_rng(5).normal(size=THETA.shape), jnp.float32), 0.3
+
+  def advantages_kl(idx):
+    x = jax.lax.stop_gradient(token_logps(THETA)[idx] - token_logps(theta_ref)[idx])
+    return credit.reward_to_go_advantages(_rewards(idx) - beta * x, ENDS_SxT[idx], OUTCOME_S[idx], MASK_SxT[idx],
+                                          jnp.ones(K, bool), group_size=K)
+
+  def regularised(th):
+    seq_logp = jnp.sum(token_logps(th), 1)
+    kl = jnp.sum(jnp.exp(seq_logp) * (seq_logp - jnp.sum(token_logps(theta_ref), 1)))
+    return objective(th) - beta * kl
+  assert_close(expected_gradient(advantages_kl), -jax.grad(regularised)(THETA))
+
+
 def test_a_per_step_baseline_that_includes_the_sample_itself_is_biased():
   """The enumeration can tell: a per-step mean that includes the sample's own return is not unbiased."""
   def including_self(idx):
@@ -233,6 +250,19 @@ def test_step_fields_place_each_step_reward_at_its_closing_token():
   assert not plain["step_ends_BxT"].any() and plain["outcome_B"].tolist() == [1, 0, 1]
   with pytest.raises(ValueError, match="2 step ends but 1 step rewards"):
     rewards.StepScores(1.0, (2, 5), (0.5,), 1.5)
+
+
+def test_the_config_reward_with_per_step_credit_gives_step_scores():
+  """rl.credit != "sequence" with rl.process_reward = w: the toy task's exact step reward split by step,
+  r_k = w / S while steps 1..k are right (S = n + 1 lines), by hand."""
+  from tests import toy_task  # noqa: PLC0415
+  from tests.pg.test_loop import tiny_config  # noqa: PLC0415
+  cfg = tiny_config("/unused", process_reward=0.5, credit="reward_to_go")
+  reward = rewards.default_reward(cfg.rl, toy_task.CountTask(), _mesh(), CharTokenizer(), 129)
+  got = reward([toy_task.example(3)] * 3, ["1\n2\n3\nso 3\n", "1\n2\n4\nso 3\n", "garbage"])
+  assert [s.step_rewards for s in got] == [(0.125,) * 4, (0.125, 0.125, 0.0, 0.0), (0.0,)]
+  assert [s.step_ends for s in got] == [(1, 3, 5, 10), (1, 3, 5, 10), (7,)]
+  assert [s.outcome for s in got] == [1.0, 1.0, 0.0] and [s.total for s in got] == [1.5, 1.25, 0.0]
 
 
 def test_exact_step_scores_split_the_sequence_reward():
@@ -374,3 +404,50 @@ def test_policy_outputs_match_response_logps():
   np.testing.assert_allclose(got[0], logps, atol=1e-6)
   np.testing.assert_allclose(got[1], entropy, atol=1e-6)
   np.testing.assert_array_equal(got[2], 0.0)  # the zero head
+
+
+# ---- the loop with each credit option (end to end) ----
+
+def sevens_by_line(examples, texts):
+  """A StepRewardFn with dense step rewards: r_k = the fraction of 7s in line k, outcome = parity of the text."""
+  out = []
+  for text in texts:
+    ends = [i for i, c in enumerate(text) if c == "\n"]
+    starts = [0] + [e + 1 for e in ends[:-1]]
+    step_r = tuple(text[s:e].count("7") / max(e - s, 1) for s, e in zip(starts, ends))
+    outcome = float(sum(map(ord, text)) % 2)
+    out.append(rewards.StepScores(outcome, tuple(ends), step_r, outcome + sum(step_r)))
+  return out
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("credit_name", ["reward_to_go", "gae"])
+def test_the_loop_runs_with_per_step_credit(tmp_path, credit_name):
+  """pg.run with rl.credit = reward_to_go and gae on a reward with dense step rewards: records, finite
+  metrics, non-zero per-token advantages, and the value head saved in the checkpoint."""
+  from star_jax import checkpoint, io, train  # noqa: PLC0415 (only the loop tests restore checkpoints)
+  from star_jax.pg import loop as rl  # noqa: PLC0415
+  from star_jax.star import tasks as star_tasks  # noqa: PLC0415
+  from tests import toy_task  # noqa: PLC0415
+  from tests.pg.test_loop import tiny_config  # noqa: PLC0415
+  overrides = {"credit": credit_name}
+  if credit_name == "gae":
+    overrides.update(advantage="none", value_coef=0.5)
+  cfg = tiny_config(tmp_path / "data", **overrides)
+  data = star_tasks.TaskData(toy_task.CountTask(), None, [toy_task.example(n) for n in range(1, 9)],
+                             {1: [toy_task.example(n) for n in (2, 3)], 2: [toy_task.example(n) for n in (6, 7)]}, [])
+  records = rl.run(cfg, str(tmp_path / "run"), init_params(cfg.model, 0), task_data=data, reward=sevens_by_line)
+  assert [r["step"] for r in records] == [0, 2, 4]
+  train_records = io.read_jsonl(str(tmp_path / "run" / "rl_metrics.jsonl"))
+  assert len(train_records) == 4 and all(np.isfinite(v) for r in train_records for v in r.values())
+  assert all(r["advantage_abs"] > 0 for r in train_records)
+  tx = train.make_optimizer(pg_step.optimizer_config(cfg.train, cfg.rl))
+  abstract, _ = pg_step.state_shardings(cfg.model, tx, sharding.make_mesh(cfg.mesh.axes), cfg.rl)
+  with checkpoint.Checkpointer(str(tmp_path / "run" / "checkpoints")) as ckpt:
+    state, _ = ckpt.restore(abstract)
+  assert int(state.train.step) == 4
+  if credit_name == "gae":
+    assert all(r["value_loss"] >= 0 for r in train_records)
+    assert np.any(np.asarray(state.value["params"]["w_DxC"]) != 0)
+  else:
+    assert state.value is None
