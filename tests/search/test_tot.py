@@ -16,7 +16,7 @@ import pytest
 
 from star_jax.data import CharTokenizer
 from star_jax.data.tasks import Example
-from star_jax.search import Continuation, LogProbValue, SearchConfig, StateValues, bfs, dfs, search
+from star_jax.search import Continuation, LogProbValue, SearchConfig, State, StateValues, bfs, dfs, search
 
 TOK = CharTokenizer()
 N_PROBLEMS = 12
@@ -142,7 +142,6 @@ def greedy_step_selection(sampler, value_fn, example, prompt, cfg):
   """The reference for b = 1: per problem, keep the best-valued (first on ties) of n sampled next steps."""
   tokens = tuple(TOK.encode(prompt, add_bos=True))
   generated = 0
-  from star_jax.search import State  # noqa: PLC0415 (a test-local import keeps the reference self-contained)
   state = State(problem=0, node=0, parent=-1)
   for _ in range(cfg.depth):
     kids = []
@@ -209,7 +208,6 @@ def test_dedup_keeps_and_values_a_repeated_child_once():
 
 def reference_dfs(sampler, value_fn, example, prompt, cfg):
   """Recursive ToT-DFS (Yao et al. 2023, Algorithm 2) for one problem: (leaf text or None, expansions)."""
-  from star_jax.search import State  # noqa: PLC0415 (a test-local import keeps the reference self-contained)
   prompt_ids = tuple(TOK.encode(prompt, add_bos=True))
   expansions = 0
 
