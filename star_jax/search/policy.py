@@ -8,7 +8,10 @@ What is reused: with `grouped=True` (the default) the call is `sampling.sample_g
 state's prefix once and keeps its KV cache once for its n children (cascade attention over the shared prefix
 and each child's own suffix); `grouped=False` calls `sampling.sample` on the prefixes repeated n times (n
 prefills and n copies of the prefix cache per state). Both give the same tokens (same rng, same row layout;
-log-probs to float rounding).
+log-probs to float rounding). Measured on the 2-core CPU (a random d_model 128, 4-layer model; 40 Game-of-24
+prompts, BFS b = 5, n = 5, T = 3, 32-token steps and answers: 4 calls, 1,337 rows, 32,375 generated tokens per
+search; interleaved warm rounds under a load average of ~15): 14.3-18.5 s per search grouped against 27.0-32.9 s
+repeated, 1.7-1.8x, prefill slots 29,696 against 123,904; the same outputs.
 
 Shapes are kept to few buckets, so the sampler compiles a handful of times per search rather than once per
 call (DESIGN.md §5; with dedup the number of states differs from call to call): the number of prefixes is
