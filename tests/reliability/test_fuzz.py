@@ -24,7 +24,9 @@ import inspect
 import json
 import os
 import re
+import signal
 import tempfile
+import threading
 import time
 
 import pytest
@@ -172,11 +174,34 @@ def _no_evaluation():
       setattr(builtins, name, fn)
 
 
-def _timed(fn, text, allowed):
+class _TooSlow(AssertionError):
+  pass
+
+
+@contextlib.contextmanager
+def _cpu_alarm(seconds: float):
+  """Interrupt the call after `seconds` of CPU time (a parser gone quadratic fails instead of hanging the run)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def interrupt(signum, frame):
+    raise _TooSlow(f"interrupted after {seconds:.1f} s of CPU time")
+
+  previous = signal.signal(signal.SIGPROF, interrupt)
+  signal.setitimer(signal.ITIMER_PROF, seconds)
+  try:
+    yield
+  finally:
+    signal.setitimer(signal.ITIMER_PROF, 0)
+    signal.signal(signal.SIGPROF, previous)
+
+
+def _timed(fn, text, allowed, budget):
   gc.disable()  # a collection of the test's own garbage is not the parser's time
   start = time.process_time()
   try:
-    with _no_evaluation():
+    with _cpu_alarm(10 * budget), _no_evaluation():
       result = fn(text)
   except allowed as e:
     result = e
@@ -192,9 +217,9 @@ def _call(fn, text, *, allowed: tuple[type[BaseException], ...] = ()):
   Over budget once is retried once (the best of two counts): a slow parser is slow every time, noise is not.
   """
   budget = BUDGET_S + PER_CHAR_S * len(text)
-  result, spent = _timed(fn, text, allowed)
+  result, spent = _timed(fn, text, allowed, budget)
   if spent > budget:
-    result, again = _timed(fn, text, allowed)
+    result, again = _timed(fn, text, allowed, budget)
     spent = min(spent, again)
   assert spent <= budget, f"{spent:.2f} s CPU on {len(text)} characters (budget {budget:.2f} s): {text[:60]!r}..."
   return result

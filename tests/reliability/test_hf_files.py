@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 
-import jax
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
@@ -27,11 +26,32 @@ O0 = "model.layers.0.self_attn.o_proj.weight"
 NORM = "model.norm.weight"
 
 
+def _hf_shapes(c):
+  """Every tensor of a Llama checkpoint with its shape in the HF (PyTorch [out, in]) layout."""
+  shapes = {"model.embed_tokens.weight": (c.vocab_size, c.d_model), "model.norm.weight": (c.d_model,),
+            "lm_head.weight": (c.vocab_size, c.d_model)}
+  for i in range(c.n_layers):
+    layer = f"model.layers.{i}"
+    shapes.update({
+        f"{layer}.input_layernorm.weight": (c.d_model,), f"{layer}.post_attention_layernorm.weight": (c.d_model,),
+        f"{layer}.self_attn.q_proj.weight": (c.n_heads * c.head_dim, c.d_model),
+        f"{layer}.self_attn.k_proj.weight": (c.n_kv_heads * c.head_dim, c.d_model),
+        f"{layer}.self_attn.v_proj.weight": (c.n_kv_heads * c.head_dim, c.d_model),
+        f"{layer}.self_attn.o_proj.weight": (c.d_model, c.n_heads * c.head_dim),
+        f"{layer}.mlp.gate_proj.weight": (c.d_ff, c.d_model), f"{layer}.mlp.up_proj.weight": (c.d_ff, c.d_model),
+        f"{layer}.mlp.down_proj.weight": (c.d_model, c.d_ff)})
+  return shapes
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
+  """config.json + model.safetensors of random float32 tensors in HF layout (numpy only: no init, no compile)."""
   path = tmp_path_factory.mktemp("hf_base") / "model"
-  params = models.init_params(CONFIG, jax.random.key(0))
-  hf.save_hf(str(path), CONFIG, params, architecture="LlamaForCausalLM")
+  path.mkdir()
+  rng = np.random.default_rng(0)
+  tensors = {name: rng.normal(0, 0.05, shape).astype(np.float32) for name, shape in _hf_shapes(CONFIG).items()}
+  save_file(tensors, str(path / "model.safetensors"))
+  (path / "config.json").write_text(json.dumps(hf.hf_config_dict(CONFIG, "LlamaForCausalLM")))
   return path
 
 
@@ -66,12 +86,14 @@ def _refused(path, *patterns, **kwargs) -> str:
   return message
 
 
-def test_an_intact_directory_loads_exactly(saved):
+def test_an_intact_directory_loads_exactly(saved, tmp_path):
   config, params = models.load_hf(str(saved))
   assert config == CONFIG
-  want = models.init_params(CONFIG, jax.random.key(0))
-  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  hf.save_hf(str(tmp_path), config, params)
+  again, original = load_file(str(tmp_path / "model.safetensors")), _tensors(saved)
+  assert sorted(again) == sorted(original)
+  for name in original:
+    np.testing.assert_array_equal(again[name], original[name])
 
 
 @pytest.mark.parametrize("damage", ["truncated", "zero bytes", "garbage"])
@@ -94,13 +116,9 @@ def test_wrong_shape_with_the_right_element_count_is_refused(model_dir, name, st
   tensors[name] = np.ascontiguousarray(tensors[name].reshape(stored_shape))
   _write_tensors(model_dir, tensors)
   _refused(model_dir, re.escape(str(model_dir / "model.safetensors")), re.escape(repr(name)),
-           re.escape(f"has shape {stored_shape}"), re.escape(str(tuple(_tensors_shape(name)))))
+           re.escape(f"has shape {stored_shape}"), re.escape(str(_hf_shapes(CONFIG)[name])))
   fault_table(f"{name.split('.')[-2]} stored as {list(stored_shape)} (right element count)", "model.safetensors",
               "CheckpointError names file, tensor, stored and expected shape")
-
-
-def _tensors_shape(name):
-  return {Q0: (32, 64), O0: (64, 32)}[name]
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.int8, np.uint8, np.bool_])
