@@ -14,7 +14,11 @@ once untimed (compilation), then --repeats rounds time both, alternating which g
 medians over rounds (the machine is shared: other jobs come and go). Last line:
 `grouped_sampler_speedup: <independent / grouped median time on mc>`.
 
-  python benchmarks/grouped_sampler.py [--repeats 5] [--workloads mc,rl] [--cpu-devices N] [--system-malloc]
+  python benchmarks/grouped_sampler.py [--repeats 5] [--workloads mc,rl] [--breakdown] [--cpu-devices N]
+                                       [--system-malloc]
+
+`--breakdown` also times both samplers stopped after one token (prefill + the first decode step; same
+compilation, max_new_tokens=1) in the same rounds: what the shared prefill saves, apart from the decode steps.
 
 `--cpu-devices N` re-runs the process with N JAX CPU devices (one per core) and splits the prompts (grouped)
 and rows (independent) over a data mesh, as benchmarks/sampler.py does; the default is one device, whose
@@ -24,12 +28,14 @@ rows both samplers split into row groups instead.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from star_jax import host_malloc, models, sampling, sharding
@@ -69,7 +75,7 @@ def _run(fn) -> tuple[float, np.ndarray]:
 
 
 def bench(name: str, params, prompts: list[list[int]], per_prompt: int, new_tokens: int, repeats: int,
-          pad_id: int, mesh) -> float:
+          pad_id: int, mesh, breakdown: bool) -> float:
   """Times both samplers on one workload; prints the figures and returns the median-time ratio."""
   tokens_GxP, lengths_G = sampling.left_pad(prompts, pad_id)
   cfg = sampling.SamplingConfig(max_new_tokens=new_tokens, temperature=1.0)
@@ -79,18 +85,22 @@ def bench(name: str, params, prompts: list[list[int]], per_prompt: int, new_toke
     tokens_GxP, lengths_G, repeated_BxP, repeated_B = (sharding.shard_global_batch(x, mesh) for x in
                                                        (tokens_GxP, lengths_G, repeated_BxP, repeated_B))
   contenders = {
-      "independent": lambda: sampling.sample(MODEL, params, repeated_BxP, repeated_B, rng, cfg=cfg, eos_id=-1,
-                                             pad_id=pad_id),
-      "grouped": lambda: sampling.sample_grouped(MODEL, params, tokens_GxP, lengths_G, rng, n_per_prompt=per_prompt,
-                                                 cfg=cfg, eos_id=-1, pad_id=pad_id),
+      "independent": lambda limit=jnp.int32(new_tokens): sampling.sample(MODEL, params, repeated_BxP, repeated_B, rng, cfg=cfg, eos_id=-1,
+                                                        pad_id=pad_id, max_new_tokens=limit),
+      "grouped": lambda limit=jnp.int32(new_tokens): sampling.sample_grouped(MODEL, params, tokens_GxP, lengths_G, rng,
+                                                            n_per_prompt=per_prompt, cfg=cfg, eos_id=-1, pad_id=pad_id,
+                                                            max_new_tokens=limit),
   }
+  if breakdown:  # the same compiled samplers stopped after one token: prefill + first decode step
+    contenders.update({f"{label}, 1 token": functools.partial(contenders[label], jnp.int32(1))
+                       for label in list(contenders)})
   b = len(prompts) * per_prompt
   print(f"[{name}] {len(prompts)} prompts x {per_prompt} = {b} rows, prompt tokens {min(map(len, prompts))}-{max(map(len, prompts))} "
         f"(padded to {tokens_GxP.shape[1]}), {new_tokens} new tokens; row groups: independent "
         f"{sampling.row_groups_for(b)}, grouped {sampling.grouped_row_groups(len(prompts), per_prompt)}")
   tokens = {}
   for label, fn in contenders.items():
-    seconds, tokens[label] = _run(fn)  # untimed: compilation
+    seconds, tokens[label] = _run(fn)  # untimed: compilation (the 1-token runs reuse it)
     print(f"  first call (compile + run) {label}: {seconds:.2f} s")
   agree = float(np.mean(tokens["independent"] == tokens["grouped"]))
   print(f"  tokens equal to the independent rows': {100 * agree:.2f}%")
@@ -101,12 +111,19 @@ def bench(name: str, params, prompts: list[list[int]], per_prompt: int, new_toke
       times[label].append(_run(contenders[label])[0])
   for label, runs in times.items():
     median = statistics.median(runs)
-    print(f"  {label:12s} median {median:6.3f} s  {b * new_tokens / median:9,.0f} tokens/s   "
+    generated = b * (1 if label.endswith("1 token") else new_tokens)
+    print(f"  {label:20s} median {median:6.3f} s  {generated / median:9,.0f} tokens/s   "
           f"(runs: {', '.join(f'{t:.3f}' for t in runs)})")
   ratios = [i / g for i, g in zip(times["independent"], times["grouped"])]
   ratio = statistics.median(times["independent"]) / statistics.median(times["grouped"])
   print(f"  speed-up {ratio:.2f}x (ratio of medians; per-round ratios {min(ratios):.2f}-{max(ratios):.2f}, "
         f"median {statistics.median(ratios):.2f})")
+  if breakdown:
+    first = {label: statistics.median(times[f"{label}, 1 token"]) for label in ("independent", "grouped")}
+    rest = {label: statistics.median(times[label]) - first[label] for label in first}
+    print(f"  prefill + first step {first['independent']:.3f} vs {first['grouped']:.3f} s "
+          f"({first['independent'] / first['grouped']:.2f}x); the other {new_tokens - 1} steps (difference of medians) "
+          f"{rest['independent']:.3f} vs {rest['grouped']:.3f} s ({rest['independent'] / rest['grouped']:.2f}x)")
   return ratio
 
 
@@ -114,6 +131,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--repeats", type=int, default=5, help="timed rounds (each times both samplers)")
   parser.add_argument("--workloads", default="mc,rl", help="comma-separated: mc, rl")
+  parser.add_argument("--breakdown", action="store_true", help="also time each sampler stopped after 1 token")
   parser.add_argument("--cpu-devices", type=int, default=1, help="JAX CPU devices (one per core), batch split")
   parser.add_argument("--system-malloc", action="store_true", help="skip host_malloc.reuse_freed_memory()")
   args = parser.parse_args()
@@ -136,9 +154,9 @@ def main():
     params = jax.device_put(params, sharding.replicated(mesh))
   ratios = {}
   if "rl" in workloads:
-    ratios["rl"] = bench("rl", params, rl_prompts(tok), RL_SAMPLES, RL_NEW, args.repeats, tok.pad_id, mesh)
+    ratios["rl"] = bench("rl", params, rl_prompts(tok), RL_SAMPLES, RL_NEW, args.repeats, tok.pad_id, mesh, args.breakdown)
   if "mc" in workloads:
-    ratios["mc"] = bench("mc", params, mc_prompts(tok), MC_ROLLOUTS, MC_NEW, args.repeats, tok.pad_id, mesh)
+    ratios["mc"] = bench("mc", params, mc_prompts(tok), MC_ROLLOUTS, MC_NEW, args.repeats, tok.pad_id, mesh, args.breakdown)
   print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
   if "rl" in ratios:
     print(f"grouped_sampler_speedup_rl: {ratios['rl']:.2f}")
