@@ -100,7 +100,7 @@ def check_workdir(cfg: StarExperimentConfig, workdir: str) -> None:
                          labels=_LABELS, what="STaR run")
 
 
-def _check_base(cfg: StarExperimentConfig, workdir: str) -> None:
+def check_base(cfg: StarExperimentConfig, workdir: str) -> None:
   """`check_workdir` for `<workdir>/base/` over the fields the base model depends on (model, data, train,
   the star.seed_* fields): also guards a run killed while the base model trains, and a PG run's base."""
   other_star = {("star", f.name) for f in dataclasses.fields(StarConfig) if f.name not in BASE_STAR_FIELDS}
@@ -163,7 +163,7 @@ def make_base_model(cfg: StarExperimentConfig, workdir: str):
   if not star_tasks.is_arithmetic(cfg):
     raise ValueError(f"the {cfg.data.task} task has no seed-trained base model: give config.model.hf_path "
                      "(star.base_params loads it)")
-  ctx = _setup(cfg, workdir, check=_check_base)
+  ctx = _setup(cfg, workdir, check=check_base)
   directory = os.path.join(ctx.workdir, "base")
   if os.path.exists(os.path.join(directory, "train.json")):
     try:

@@ -65,13 +65,18 @@ if __name__ == "__main__":
 
 def newest_state(checkpoints_dir) -> dict[str, "object"]:
   """{key path: numpy array} of the newest step's state in a Checkpointer directory (no target tree needed)."""
+  steps = sorted(int(p) for p in os.listdir(checkpoints_dir) if p.isdigit())
+  return state_at(checkpoints_dir, steps[-1])
+
+
+def state_at(checkpoints_dir, step: int) -> dict[str, "object"]:
+  """{key path: numpy array} of the state of `step` in a Checkpointer directory."""
   import warnings  # noqa: PLC0415 (test helper; keeps the module's import light for the subprocess)
 
   import jax  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
   import orbax.checkpoint as ocp  # noqa: PLC0415
-  steps = sorted(int(p) for p in os.listdir(checkpoints_dir) if p.isdigit())
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # (restoring without a target tree warns that shardings are guessed)
-    tree = ocp.PyTreeCheckpointer().restore(os.path.join(str(checkpoints_dir), str(steps[-1]), "state"))
+    tree = ocp.PyTreeCheckpointer().restore(os.path.join(str(checkpoints_dir), str(step), "state"))
   return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
