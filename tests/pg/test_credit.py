@@ -399,8 +399,8 @@ def test_a_gae_step_needs_a_state_with_a_value_head(step_batch):
 def test_policy_outputs_match_response_logps():
   params = init_params(MODEL, 0)
   batch = {k: jnp.asarray(v) for k, v in make_step_batch(params, seed=2).items()}
-  logps, entropy = pg_step.response_logps(MODEL, params, batch, 0.8)
-  got = pg_step.policy_outputs(MODEL, params, pg_step.init_value_head(MODEL), batch, 0.8)
+  logps, entropy = jax.jit(pg_step.response_logps, static_argnums=(0, 3))(MODEL, params, batch, 0.8)
+  got = jax.jit(pg_step.policy_outputs, static_argnums=(0, 4))(MODEL, params, pg_step.init_value_head(MODEL), batch, 0.8)
   np.testing.assert_allclose(got[0], logps, atol=1e-6)
   np.testing.assert_allclose(got[1], entropy, atol=1e-6)
   np.testing.assert_array_equal(got[2], 0.0)  # the zero head
@@ -451,3 +451,32 @@ def test_the_loop_runs_with_per_step_credit(tmp_path, credit_name):
     assert np.any(np.asarray(state.value["params"]["w_DxC"]) != 0)
   else:
     assert state.value is None
+
+
+@pytest.mark.e2e
+def test_learned_prm_step_scores_split_its_sequence_reward(tmp_path):
+  """rl.process_reward_model with per-step credit: r_k = w · p_k / S for the first S steps (a PRM whose step
+  head is a constant P(good) = p), totals equal to the sequence-level learned reward."""
+  import math  # noqa: PLC0415 (only this test)
+
+  from star_jax.data import arithmetic  # noqa: PLC0415
+  from star_jax.data.tasks import ArithmeticTask  # noqa: PLC0415
+  from tests.prm.test_reward import _rl_config, _save_reward_model  # noqa: PLC0415 (the PRM tests' tiny PRM)
+  p, w = 0.8, 0.5
+  cfg = _rl_config(tmp_path, process_reward=w, process_reward_model=str(tmp_path / "prm"), credit="reward_to_go")
+  mesh = sharding.make_mesh(cfg.mesh.axes)
+  _save_reward_model(str(tmp_path / "prm"), cfg, mesh, head_bias=math.log(p / (1 - p)))
+  task, tok = ArithmeticTask(), CharTokenizer()
+  q = arithmetic.Problem(52, 79)  # S = 6
+  right = arithmetic.target_text(q)
+  first_three = "\n".join(right.split("\n")[:4])
+  texts = [right, first_three, "no scratchpad"]
+  got = rewards.default_reward(cfg.rl, task, mesh, tok, cfg.train.seq_len + 1)([task.example(q)] * 3, texts)
+  sequence = rewards.default_reward(dataclasses.replace(cfg.rl, credit="sequence"), task, mesh, tok,
+                                    cfg.train.seq_len + 1)([task.example(q)] * 3, texts)
+  np.testing.assert_allclose([s.total for s in got], sequence, rtol=1e-6)
+  assert [len(s.step_rewards) for s in got] == [len(task.steps(t)) for t in texts]
+  np.testing.assert_allclose(got[0].step_rewards[:6], [w * p / 6] * 6, rtol=1e-5)
+  assert all(r == 0.0 for r in got[0].step_rewards[6:])
+  np.testing.assert_allclose(got[1].step_rewards, [w * p / 6] * 3, rtol=1e-5)
+  assert [s.outcome for s in got] == [1.0, 0.0, 0.0]
