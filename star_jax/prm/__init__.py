@@ -4,4 +4,6 @@
   losses.py   step (PRM) and outcome (ORM) losses
   train.py    reward-model state, jitted step, scoring, save/load
   reward.py   dense returns and per-token rewards from step scores; a learned PRM as reward
+  implicit.py implicit PRM (PRIME): per-token rewards β log π_φ/π_ref, trained on outcome or step labels
+  logprob.py  verifiers from the policy's own token log-probs (untrained min-prefix score, logistic head); AUC
 """
