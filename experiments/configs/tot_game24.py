@@ -36,8 +36,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.study.seed_examples = 60_000  # > the ~31k examples 1,400 steps of 16 packed rows read: every walk is new
   c.study.cot_samples = 50  # CoT best-of-k for k = 1..50 (the issue asks up to 100: CPU time)
   c.study.tot = ((1, 5), (5, 3), (5, 5))
+  c.search.step_tokens = 48  # a step with fractions ('13/5 / 7 = 13/35 (left: 13/35 10)') is longer than 32
   c.value.aggregation = "last"  # `good` already covers every earlier step: V = P(the last step is good)
-  c.value.seq_len = 128  # prompt (<= 27) + 3 steps of <= 32 tokens + BOS
+  c.value.seq_len = 192  # BOS + prompt (<= 26) + 3 steps of <= 48 tokens
   c.value.row_multiple = 256  # few compiled scoring shapes
 
   if arg == "demo":

@@ -38,7 +38,7 @@ from matplotlib.figure import Figure
 
 from star_jax import checkpoint, host_malloc, io, sampling, sharding, train
 from star_jax import config as config_lib
-from star_jax.data import CharTokenizer, game24, game24_seed
+from star_jax.data import CharTokenizer, game24, game24_seed, make_train_dataset
 from star_jax.models import HeadConfig, ModelConfig
 from star_jax.prm import logprob as prm_logprob
 from star_jax.prm import reward as prm_reward
@@ -54,6 +54,7 @@ class StudyConfig:
   seed: int = 0  # seed set, sampling and search rngs derive from it
   split_seed: int = game24.SPLIT_SEED  # game24.split: train (seed set, reward data) / held-out test puzzles
   seed_examples: int = 150_000  # size of the base model's seed set (game24_seed.seed_set; facts/walks/solved)
+  policy_stop_step: int = 0  # > 0: the base model is the checkpoint at this step of policy_train.steps's schedule
   test_puzzles: int = 200  # held-out test puzzles compared on (the first of the split's test list)
   temperature: float = 1.0  # CoT sampling and reward-data sampling (the search has its own)
   cot_samples: int = 100  # K samples per test puzzle: CoT best-of-k for k = 1..K
@@ -72,6 +73,8 @@ class StudyConfig:
         raise ValueError(f"config.study.{key} must be > 0, got {getattr(self, key)}")
     if self.temperature <= 0:
       raise ValueError(f"config.study.temperature must be > 0 (sampling), got {self.temperature}")
+    if self.policy_stop_step < 0:
+      raise ValueError(f"config.study.policy_stop_step must be >= 0, got {self.policy_stop_step}")
     if self.auc_samples > self.cot_samples:
       raise ValueError(f"config.study.auc_samples={self.auc_samples} must be <= cot_samples={self.cot_samples}")
     if not self.tot or any(len(t) != 2 or min(t) < 1 for t in self.tot):
@@ -107,16 +110,42 @@ def puzzles(s: StudyConfig) -> dict[str, list[tuple[int, ...]]]:
 
 
 def base_model(cfg: ToTStudyConfig, workdir: str, mesh):
-  """Phase 1: the policy trained from scratch on the seed set (resumes; a finished phase is loaded)."""
+  """Phase 1: the policy trained from scratch on the seed set (resumes; a finished phase is loaded).
+
+  With study.policy_stop_step = S > 0 the run stops at step S of the schedule of policy_train.steps (the lr has
+  not finished its decay): the same parameters as `train.fine_tune`'s checkpoint at step S, the same data order.
+  """
   directory = os.path.join(workdir, "policy")
+  s, tc = cfg.study, cfg.policy_train
   if os.path.exists(os.path.join(directory, "train.json")):
-    return train.restore_params(cfg.model, cfg.policy_train, mesh, directory, keep=cfg.checkpoint.keep)
-  s = cfg.study
+    return train.restore_params(cfg.model, tc, mesh, directory, keep=cfg.checkpoint.keep)
   examples = game24_seed.training_pairs(game24_seed.seed_set(puzzles(s)["train"], s.seed_examples, s.seed))
-  params, _ = train.fine_tune(cfg.model, cfg.policy_train, cfg.checkpoint, mesh, CharTokenizer(), examples, None,
-                              cfg.policy_train.steps, directory, pack=True, data_seed=s.seed,
-                              init_seed=cfg.policy_train.seed, description="policy")
-  return params
+  if not 0 < s.policy_stop_step < tc.steps:
+    params, _ = train.fine_tune(cfg.model, tc, cfg.checkpoint, mesh, CharTokenizer(), examples, None, tc.steps, directory,
+                                pack=True, data_seed=s.seed, init_seed=tc.seed, description="policy")
+    return params
+  t0 = time.perf_counter()
+  tx = train.make_optimizer(tc)  # the schedule spans tc.steps, as in fine_tune
+  abstract_state, _ = train.state_shardings(cfg.model, tx, mesh)
+  last = {}
+  with checkpoint.Checkpointer(os.path.join(directory, "checkpoints"), keep=cfg.checkpoint.keep) as ckpt:
+    batches = iter(make_train_dataset(examples, CharTokenizer(), batch_size=tc.batch_size // jax.process_count(),
+                                            seq_len=tc.seq_len, seed=s.seed, pack=True))
+    if ckpt.latest_step() is not None:
+      if ckpt.latest_step() > s.policy_stop_step:
+        raise ValueError(f"{directory}: a checkpoint at step {ckpt.latest_step()} is past study.policy_stop_step="
+                         f"{s.policy_stop_step}")
+      state, data_state = ckpt.restore(abstract_state)
+      batches.set_state(data_state)
+    else:
+      state = train.create_train_state(cfg.model, tx, mesh, tc.seed)
+    state = train.train_loop(state, train.compile_train_step(cfg.model, tc, mesh, tx), batches, mesh,
+                             num_steps=s.policy_stop_step, checkpointer=ckpt, checkpoint_config=cfg.checkpoint,
+                             log_every=tc.log_every, description="policy", on_log=lambda step, m: last.update(m))
+  io.write_json(os.path.join(directory, "train.json"), {"steps": s.policy_stop_step, "schedule_steps": tc.steps,
+                                                         "examples": len(examples), "final_loss": last.get("loss"),
+                                                         "seconds": time.perf_counter() - t0})
+  return state.params
 
 
 # ---- sampling and judging ----
@@ -322,7 +351,7 @@ def _check_config(cfg: ToTStudyConfig, workdir: str) -> None:
   study sizes of later phases may change: each ToT setting is its own file)."""
   path = os.path.join(workdir, CONFIG_FILE)
   fixed = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("model", "policy_train", "reward_train")}
-  fixed["seed_set"] = [cfg.study.seed, cfg.study.split_seed, cfg.study.seed_examples]
+  fixed["seed_set"] = [cfg.study.seed, cfg.study.split_seed, cfg.study.seed_examples, cfg.study.policy_stop_step]
   fixed = json.loads(json.dumps(fixed))
   if os.path.exists(path):
     saved = io.read_json(path)
