@@ -66,7 +66,7 @@ def _assert_same(out, reference):
 
 def test_greedy_equals_independent_rows(params, prompts, independent_greedy):
   out = sample_grouped(MODEL, params, *prompts, jax.random.key(0), n_per_prompt=R, cfg=GREEDY, eos_id=NO_EOS,
-                       pad_id=PAD)
+                       pad_id=PAD, max_new_tokens=jnp.int32(N))  # traced limit: the next test reuses the compilation
   assert out.tokens_BxN.shape == (len(PROMPTS) * R, N)
   _assert_same(out, independent_greedy)
   tokens_GxRxN = np.asarray(out.tokens_BxN).reshape(len(PROMPTS), R, N)
@@ -112,6 +112,12 @@ def test_max_new_tokens_argument_and_single_continuation(params, prompts, indepe
   np.testing.assert_array_equal(np.asarray(out.lengths_B), 4)
   np.testing.assert_array_equal(np.asarray(out.tokens_BxN)[:, :4], independent_greedy.tokens_BxN[:, :4])
   assert (np.asarray(out.tokens_BxN)[:, 4:] == PAD).all()
+  compiled = sample_grouped._cache_size()
+  # another limit reuses that compilation; one above cfg.max_new_tokens is capped at it
+  out = sample_grouped(MODEL, params, *prompts, jax.random.key(0), n_per_prompt=R, cfg=GREEDY, eos_id=NO_EOS,
+                       pad_id=PAD, max_new_tokens=jnp.int32(100))
+  np.testing.assert_array_equal(np.asarray(out.tokens_BxN), independent_greedy.tokens_BxN)
+  assert sample_grouped._cache_size() == compiled
   # R = 1: one row per prompt, the independent sampler's row g R
   one = sample_grouped(MODEL, params, *prompts, jax.random.key(0), n_per_prompt=1, cfg=GREEDY, eos_id=NO_EOS,
                        pad_id=PAD)
