@@ -62,7 +62,7 @@ class StudyConfig:
   reward_puzzles: int = 1000  # train puzzles the reward data is sampled on (every 10th: validation only)
   reward_samples: int = 4  # samples per reward puzzle
   auc_samples: int = 4  # test samples per puzzle the PRM scores for its held-out step AUC
-  tot: tuple[tuple[int, int], ...] = ((1, 3), (1, 5), (1, 10), (5, 3), (5, 5))  # (breadth b, samples n) settings
+  tot: tuple[tuple[int, int], ...] = ((5, 5), (1, 5), (5, 3), (1, 10))  # (breadth b, samples n), run in this order
   values: tuple[str, ...] = ("prm", "logprob", "oracle")  # value functions (search.values.KINDS)
   generate_batch_size: int = 512  # rows decoded together (CoT)
 
@@ -340,10 +340,10 @@ def _cached(path: str, make):
 
 
 def tot_settings(s: StudyConfig) -> list[tuple[str, int, int]]:
-  """(value, b, n) of every ToT run, in the order they run: the widest settings first, the PRM first, so that a
-  run stopped early has the comparison the issue asks for."""
-  order = {v: i for i, v in enumerate(("prm", "oracle", "logprob"))}
-  return sorted(((v, b, n) for v in s.values for b, n in s.tot), key=lambda t: (-t[1], -t[2], order[t[0]]))
+  """(value, b, n) of every ToT run, in the order they run: study.tot's order, and within a setting the PRM, then
+  the oracle, then the log-prob, so that a run stopped early has the comparisons listed first."""
+  order = ("prm", "oracle", "logprob")
+  return [(v, b, n) for b, n in s.tot for v in sorted(s.values, key=order.index)]
 
 
 def _check_config(cfg: ToTStudyConfig, workdir: str) -> None:

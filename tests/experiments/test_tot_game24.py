@@ -39,7 +39,8 @@ def test_every_variant_validates_and_bad_keys_are_named():
 def test_tot_settings_run_widest_and_prm_first():
   cfg = _cfg("")
   settings = study.tot_settings(cfg.study)
-  assert settings[0] == ("prm", 5, 5) and len(settings) == len(cfg.study.values) * len(cfg.study.tot)
+  assert settings[:3] == [("prm", 5, 5), ("oracle", 5, 5), ("logprob", 5, 5)]
+  assert len(settings) == len(cfg.study.values) * len(cfg.study.tot)
 
 
 def test_judge_solution_and_wrong_step():
