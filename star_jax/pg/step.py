@@ -52,7 +52,13 @@ Batch = dict[str, jax.Array]
 class PGState:
   train: train.TrainState  # step counts RL steps (each = rl.ppo_epochs x rl.minibatches optimizer steps)
   kl_coef: jax.Array  # float32 scalar β (changes only with the adaptive controller)
-  value: Any = None  # rl.credit = "gae": {"params": the value head {w_DxC, b_C}, "opt_state": its Adam state}; else None
+
+
+@flax.struct.dataclass
+class PGValueState(PGState):
+  """The state of rl.credit = "gae": a PGState plus the value head (a separate class, so the checkpoints of
+  every other configuration keep PGState's tree)."""
+  value: Any  # {"params": the value head {w_DxC, b_C}, "opt_state": its Adam state}
 
 
 def value_optimizer(rl: RLConfig) -> optax.GradientTransformation:
@@ -160,7 +166,7 @@ def pg_step(state: PGState, batch: Batch, rng: jax.Array, ref_params=None, *, mo
   """One RL step on a batch of samples (module docstring); deterministic (`rng` kept for the uniform
   step signature)."""
   del rng
-  if rl.uses_value_head != (state.value is not None):
+  if rl.uses_value_head != isinstance(state, PGValueState):
     raise ValueError(f"rl.credit={rl.credit!r} needs a PGState {'with' if rl.uses_value_head else 'without'} a value "
                      "head: make it with create_state(..., rl=rl) / state_shardings(..., rl)")
   mask_BxT = batch["loss_mask_BxT"].astype(jnp.float32)
@@ -216,7 +222,7 @@ def pg_step(state: PGState, batch: Batch, rng: jax.Array, ref_params=None, *, mo
 
   minibatches = _split(data, rl.minibatches)
 
-  if state.value is None:
+  if not rl.uses_value_head:
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def update(carry, i):
@@ -286,7 +292,9 @@ def pg_step(state: PGState, batch: Batch, rng: jax.Array, ref_params=None, *, mo
       new_beta = kl.adaptive_kl_coef(beta, mean_kl, target=rl.kl_target, horizon=rl.kl_horizon,
                                      n_samples=jnp.sum(valid_f_B))
   new_train = state.train.replace(step=state.train.step + 1, params=params, opt_state=opt_state)
-  return PGState(train=new_train, kl_coef=new_beta.astype(jnp.float32), value=new_value), metrics
+  if new_value is None:
+    return PGState(train=new_train, kl_coef=new_beta.astype(jnp.float32)), metrics
+  return PGValueState(train=new_train, kl_coef=new_beta.astype(jnp.float32), value=new_value), metrics
 
 
 # ---- sharded state creation and compilation ----
@@ -302,14 +310,14 @@ def state_shardings(model_config: ModelConfig, tx: optax.GradientTransformation,
   when rl.credit = "gae"."""
   abstract_train, train_shardings = train.state_shardings(model_config, tx, mesh)
   replicated = sharding.replicated(mesh)
-  abstract_value = value_shardings = None
-  if rl is not None and rl.uses_value_head:
-    value_shapes = jax.eval_shape(functools.partial(_fresh_value, model_config, rl))
-    value_shardings = jax.tree.map(lambda _: replicated, value_shapes)
-    abstract_value = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), value_shapes)
-  abstract = PGState(train=abstract_train, kl_coef=jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated),
-                     value=abstract_value)
-  return abstract, PGState(train=train_shardings, kl_coef=replicated, value=value_shardings)
+  abstract_kl = jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)
+  if rl is None or not rl.uses_value_head:
+    return PGState(train=abstract_train, kl_coef=abstract_kl), PGState(train=train_shardings, kl_coef=replicated)
+  value_shapes = jax.eval_shape(functools.partial(_fresh_value, model_config, rl))
+  value_shardings = jax.tree.map(lambda _: replicated, value_shapes)
+  abstract_value = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), value_shapes)
+  return (PGValueState(train=abstract_train, kl_coef=abstract_kl, value=abstract_value),
+          PGValueState(train=train_shardings, kl_coef=replicated, value=value_shardings))
 
 
 def create_state(model_config: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, seed: int, params,
@@ -317,10 +325,10 @@ def create_state(model_config: ModelConfig, tx: optax.GradientTransformation, me
   """A fresh PGState on `mesh` starting from `params` (the base model) with β = kl_coef, and a zero value
   head when rl.credit = "gae"."""
   state = train.create_train_state(model_config, tx, mesh, seed, params=params)
-  value = None
-  if rl is not None and rl.uses_value_head:
-    value = jax.device_put(_fresh_value(model_config, rl), sharding.replicated(mesh))
-  return PGState(train=state, kl_coef=jax.device_put(jnp.float32(kl_coef), sharding.replicated(mesh)), value=value)
+  kl = jax.device_put(jnp.float32(kl_coef), sharding.replicated(mesh))
+  if rl is None or not rl.uses_value_head:
+    return PGState(train=state, kl_coef=kl)
+  return PGValueState(train=state, kl_coef=kl, value=jax.device_put(_fresh_value(model_config, rl), sharding.replicated(mesh)))
 
 
 def compile_pg_step(model_config: ModelConfig, train_config: TrainConfig, rl: RLConfig, mesh: Mesh,

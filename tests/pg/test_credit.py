@@ -396,6 +396,17 @@ def test_a_gae_step_needs_a_state_with_a_value_head(step_batch):
                    batch, state.train.rng)
 
 
+def test_only_gae_changes_the_state_tree():
+  """Checkpoints of every other credit option keep PGState's tree (an older RL checkpoint still restores)."""
+  mesh, tx = _mesh(), optax.sgd(LR)
+  plain = pg_step.state_shardings(MODEL, tx, mesh)[0]
+  for rl in (RL, dataclasses.replace(RL, credit="reward_to_go")):
+    abstract = pg_step.state_shardings(MODEL, tx, mesh, rl)[0]
+    assert type(abstract) is pg_step.PGState and jax.tree.structure(abstract) == jax.tree.structure(plain)
+  gae = pg_step.state_shardings(MODEL, tx, mesh, dataclasses.replace(RL, credit="gae", advantage="none"))[0]
+  assert isinstance(gae, pg_step.PGValueState) and gae.value["params"]["w_DxC"].shape == (MODEL.d_model, 1)
+
+
 def test_policy_outputs_match_response_logps():
   params = init_params(MODEL, 0)
   batch = {k: jnp.asarray(v) for k, v in make_step_batch(params, seed=2).items()}
@@ -450,7 +461,7 @@ def test_the_loop_runs_with_per_step_credit(tmp_path, credit_name):
     assert all(r["value_loss"] >= 0 for r in train_records)
     assert np.any(np.asarray(state.value["params"]["w_DxC"]) != 0)
   else:
-    assert state.value is None
+    assert type(state) is pg_step.PGState  # the checkpoint keeps PGState's tree
 
 
 @pytest.mark.e2e
