@@ -1,8 +1,9 @@
 """The tiny runs the kill tests interrupt, as command lines (run through tests.reliability.faults).
 
   star   the STaR loop on the tiny arithmetic config with the oracle generator of tests/star/test_loop.py
-         (so every iteration fine-tunes: a barely trained model keeps nothing), constant steps:
-         python -m tests.reliability.runs star <workdir> <data_dir>
+         (so every iteration fine-tunes: a barely trained model keeps nothing), constant steps, checked
+         against the workdir's config first as star_jax.main does:
+         python -m tests.reliability.runs star <workdir> <data_dir> [star.<key>=<value> ...]
   pg     policy-gradient STaR through star_jax.main (base model training, then the RL loop)
   prm    the PRM study through its own entry point (policy, samples, MC labels, PRM/ORM, scores, report)
 """
@@ -17,8 +18,14 @@ PG_CONFIG = os.path.join(REPO, "experiments", "configs", "pg_star_arithmetic.py"
 PRM_CONFIG = os.path.join(REPO, "experiments", "configs", "prm_arithmetic.py")
 
 
+def cache_dir(tmp_path_factory):
+  """One compilation cache per test session (per xdist worker)."""
+  return tmp_path_factory.getbasetemp() / "jax_cache"
+
+
 def command(loop: str, workdir, data_dir) -> list[str]:
-  """The argument list after `python -m tests.reliability.faults` for one run of `loop` in `workdir`."""
+  """The argument list after `python -m tests.reliability.faults` for one run of `loop` in `workdir`;
+  overrides (`--config.<key>=<value>`) may be appended."""
   if loop == "star":
     return ["tests.reliability.runs", "star", str(workdir), str(data_dir)]
   if loop == "pg":
@@ -49,18 +56,26 @@ def launch(args: list[str], cache_dir, *, kill: str | None = None, enospc: str |
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
 
 
-def _star(workdir: str, data_dir: str) -> None:
-  from star_jax import star  # noqa: PLC0415 (after the fault hooks are installed by the caller)
+def _star(workdir: str, data_dir: str, overrides: list[str]) -> None:
+  import ast  # noqa: PLC0415 (after the fault hooks are installed by the caller)
+
+  from star_jax import star  # noqa: PLC0415
+  from star_jax.star import loop  # noqa: PLC0415
   from tests.star import test_loop  # noqa: PLC0415
-  cfg = test_loop.tiny_config(data_dir, **test_loop.CONSTANT_STEPS)
+  star_overrides = dict(test_loop.CONSTANT_STEPS)
+  for override in overrides:  # --config.star.<key>=<value>
+    key, _, value = override.removeprefix("--config.star.").partition("=")
+    star_overrides[key] = ast.literal_eval(value)
+  cfg = test_loop.tiny_config(data_dir, **star_overrides)
+  loop.check_workdir(cfg, workdir)  # as star_jax.main: a workdir of another config is refused before any write
   star.run(cfg, workdir, star.make_base_model(cfg, workdir), generator=test_loop.oracle_generator)
   print("done", flush=True)
 
 
 if __name__ == "__main__":
   if sys.argv[1] != "star":
-    raise SystemExit(f"usage: python -m tests.reliability.runs star <workdir> <data_dir>, got {sys.argv[1:]}")
-  _star(sys.argv[2], sys.argv[3])
+    raise SystemExit(f"usage: python -m tests.reliability.runs star <workdir> <data_dir> [overrides], got {sys.argv[1:]}")
+  _star(sys.argv[2], sys.argv[3], sys.argv[4:])
 
 
 def newest_state(checkpoints_dir) -> dict[str, "object"]:

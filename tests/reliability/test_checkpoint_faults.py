@@ -262,8 +262,8 @@ def test_a_finished_base_model_with_a_corrupt_final_checkpoint_is_trained_again(
 # ---- a full disk (ENOSPC injected into the writes of a subprocess) ----
 
 @pytest.mark.e2e
-def test_disk_full_gives_a_clear_error_and_keeps_the_previous_state(tmp_path, fault_table):
-  cache, data = tmp_path / "cache", tmp_path / "data"
+def test_disk_full_gives_a_clear_error_and_keeps_the_previous_state(tmp_path, tmp_path_factory, fault_table):
+  cache, data = runs.cache_dir(tmp_path_factory), tmp_path / "data"
   config = arithmetic_config.__file__
 
   def sft(workdir):

@@ -6,10 +6,13 @@ Kill points are events counted inside the killed process (tests/reliability/faul
 kills during the n-th commit of a checkpoint in <dir> (all arrays written, the commit rename not done),
 `write:<file>:<n>` during the n-th atomic write of <file> (its temporary file complete, not renamed yet),
 `time:<s>` after s seconds. One chain per loop: kill, re-run, kill at the next point, ..., run to the end.
-The fast tier kills 7 times; the slow tier (--run-slow) at 20 event points plus seeded random moments.
+The fast tier kills 6 times; the slow tier (--run-slow) at 21 event points plus seeded random moments.
+After the first kill of the fast tier, a re-run with a changed config is refused naming the field, and
+writes nothing (config.json included), before the chain goes on.
 """
 
 import json
+import os
 import random
 import time
 
@@ -26,8 +29,11 @@ PG_TIMING = ("seconds", "eval_seconds", "tokens_per_sec", "sample_tokens_per_sec
 FAST = {
     "star": ["ckpt:base/checkpoints/4:1", "ckpt:iter_1/checkpoints/4:1", "write:run/star_report.md:2"],
     "pg": ["write:run/rl_eval.jsonl:1", "ckpt:run/checkpoints/2:1"],
-    "prm": ["ckpt:prm/checkpoints/2:1", "write:run/report.md:1"],
+    "prm": ["ckpt:prm/checkpoints/2:1"],
 }
+CHANGED = {"star": ("--config.star.temperature=0.7", "config.star.temperature: 0.0 -> 0.7"),
+           "pg": ("--config.rl.lr=0.01", "config.rl.lr: 0.001 -> 0.01"),
+           "prm": ("--config.study.temperature=0.5", "config.study.temperature: 1.0 -> 0.5")}
 SLOW = {
     "star": ["write:base/seed.jsonl:1", "ckpt:base/checkpoints/4:1", "ckpt:base/checkpoints/6:1",
              "write:iter_0/eval.json:1", "write:iter_1/generated.jsonl:1", "write:iter_1/rationalized.jsonl:1",
@@ -36,7 +42,7 @@ SLOW = {
     "pg": ["ckpt:base/checkpoints/2:1", "write:run/rl_eval.jsonl:1", "ckpt:run/checkpoints/2:1",
            "write:run/rl_report.md:2", "ckpt:run/checkpoints/4:1"],
     "prm": ["ckpt:policy/checkpoints/4:1", "write:run/reward_samples.jsonl:1", "write:run/mc_agreement.json:1",
-            "ckpt:orm/checkpoints/2:1", "write:run/test_scores.json:1", "write:run/results.json:1"],
+            "ckpt:orm/checkpoints/2:1", "write:run/test_scores.json:1", "write:run/report.md:1"],
 }
 RANDOM_KILLS = {"star": 3, "pg": 2, "prm": 2}  # slow tier: at seeded random fractions of the reference's wall time
 
@@ -54,7 +60,7 @@ def describe(point: str) -> str:
 def shared(tmp_path_factory):
   """The compilation cache and TFDS data dir of this module's runs, and the uninterrupted reference runs."""
   root = tmp_path_factory.mktemp("kill")
-  state = {"cache": root / "jax_cache", "data": root / "data", "references": {}}
+  state = {"cache": runs.cache_dir(tmp_path_factory), "data": root / "data", "references": {}}
 
   def reference(loop: str) -> dict:
     if loop not in state["references"]:
@@ -69,8 +75,21 @@ def shared(tmp_path_factory):
   return state
 
 
-def kill_chain(loop: str, points: list[str], workdir, shared) -> list[str]:
-  """Run `loop` in `workdir`, SIGKILLed at each point in turn, then to the end; the points that killed it."""
+def snapshot(directory) -> dict[str, tuple[int, int]]:
+  """{path: (size, mtime_ns)} of every file under `directory` (what a refused run must leave unchanged)."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for f in files:
+      st = os.stat(os.path.join(root, f))
+      out[os.path.relpath(os.path.join(root, f), directory)] = (st.st_size, st.st_mtime_ns)
+  return out
+
+
+def kill_chain(loop: str, points: list[str], workdir, shared, fault_table=None) -> list[str]:
+  """Run `loop` in `workdir`, SIGKILLed at each point in turn, then to the end; the points that killed it.
+
+  With `fault_table`, after the first kill a re-run with a changed config (CHANGED) must be refused naming
+  the field and leave every file as it was."""
   killed = []
   for point in points:
     out = runs.launch(runs.command(loop, workdir, shared["data"]), shared["cache"], kill=point)
@@ -78,6 +97,14 @@ def kill_chain(loop: str, points: list[str], workdir, shared) -> list[str]:
       continue  # the run finished before the random moment: nothing to resume
     assert out.returncode == -9, f"kill point {point} was never reached (rc {out.returncode}):\n{out.stdout[-3000:]}"
     killed.append(point)
+    if fault_table is not None and len(killed) == 1:
+      before = snapshot(workdir)
+      override, field = CHANGED[loop]
+      out = runs.launch(runs.command(loop, workdir, shared["data"]) + [override], shared["cache"])
+      assert out.returncode != 0 and "with a different config" in out.stdout and field in out.stdout, out.stdout[-3000:]
+      assert snapshot(workdir) == before  # nothing written: not even config.json
+      fault_table(f"re-run with a changed config ({loop})", f"workdir killed at the {describe(point)}",
+                  f"refused naming {field.split(':')[0]}; no file written or changed")
   out = runs.launch(runs.command(loop, workdir, shared["data"]), shared["cache"])
   assert out.returncode == 0, out.stdout[-3000:]
   return killed
@@ -130,7 +157,7 @@ def _record(fault_table, loop, killed):
 def test_killed_in_every_phase_resumes_to_the_uninterrupted_result(loop, shared, tmp_path, fault_table):
   reference = shared["reference"](loop)
   workdir = tmp_path / "run"
-  killed = kill_chain(loop, FAST[loop], workdir, shared)
+  killed = kill_chain(loop, FAST[loop], workdir, shared, fault_table)
   assert killed == FAST[loop]
   assert_same_results(loop, workdir, reference["workdir"])
   _record(fault_table, loop, killed)
