@@ -340,10 +340,15 @@ def _cached(path: str, make):
 
 
 def tot_settings(s: StudyConfig) -> list[tuple[str, int, int]]:
-  """(value, b, n) of every ToT run, in the order they run: study.tot's order, and within a setting the PRM, then
-  the oracle, then the log-prob, so that a run stopped early has the comparisons listed first."""
+  """(value, b, n) of every ToT run, in the order they run: the PRM's runs first, then the oracle's, then the
+  log-prob's, each in study.tot's order, so that a run stopped early has the comparisons listed first."""
   order = ("prm", "oracle", "logprob")
-  return [(v, b, n) for b, n in s.tot for v in sorted(s.values, key=order.index)]
+  return [(v, b, n) for v in sorted(s.values, key=order.index) for b, n in s.tot]
+
+
+def _tot_key(rng: jax.Array, breadth: int, samples: int) -> jax.Array:
+  """The search rng of a (b, n) setting: the same for every value function."""
+  return jax.random.fold_in(jax.random.fold_in(rng, 3), 1000 * breadth + samples)
 
 
 def _check_config(cfg: ToTStudyConfig, workdir: str) -> None:
@@ -364,14 +369,27 @@ def _check_config(cfg: ToTStudyConfig, workdir: str) -> None:
     io.write_json(path, fixed)
 
 
-def run(cfg: ToTStudyConfig, workdir: str, results_dir: str | None = None) -> dict:
-  """All phases (module docstring); returns results.json's content."""
+def run(cfg: ToTStudyConfig, workdir: str, results_dir: str | None = None, *,
+        search_values: Sequence[str] = ()) -> dict | None:
+  """All phases (module docstring); returns results.json's content.
+
+  search_values (e.g. ("oracle", "logprob")): only the base model and the ToT runs of these value functions (they
+  need no reward model), cached as the full run caches them, and None is returned: a second process can run
+  them beside the main one.
+  """
   _check_config(cfg, workdir)
   s = cfg.study
   mesh = sharding.make_mesh(cfg.mesh.axes, name="config.mesh.axes")
   pools = puzzles(s)
   rng = jax.random.key(s.seed)
   timings = {}
+  if search_values:
+    params = base_model(cfg, workdir, mesh)
+    for value, b, n in tot_settings(s):
+      if value in search_values and value != "prm":
+        _cached(os.path.join(workdir, f"tot_{value}_b{b}_n{n}.json"),
+                lambda v=value, b=b, n=n: tot_run(cfg, mesh, params, "", pools["test"], v, b, n, _tot_key(rng, b, n)))
+    return None
 
   def timed(name, make):
     t0 = time.perf_counter()
@@ -407,7 +425,7 @@ def run(cfg: ToTStudyConfig, workdir: str, results_dir: str | None = None) -> di
   tot = {}
   for value, b, n in tot_settings(s):
     name = f"{value}_b{b}_n{n}"
-    key = jax.random.fold_in(jax.random.fold_in(rng, 3), 1000 * b + n)  # the same samples for every value function
+    key = _tot_key(rng, b, n)
     tot[name] = timed(f"tot_{name}", lambda v=value, b=b, n=n, name=name, key=key: _cached(
         os.path.join(workdir, f"tot_{name}.json"), lambda: tot_run(cfg, mesh, params, prm_dir, pools["test"], v, b, n, key)))
 
@@ -565,7 +583,7 @@ def main(argv):
   host_malloc.reuse_freed_memory()  # before any JAX computation; STAR_JAX_SYSTEM_MALLOC=1 opts out
   from absl import flags  # noqa: PLC0415 (flags are defined by the entry point below)
   cfg = study_from_config(flags.FLAGS.config)
-  run(cfg, flags.FLAGS.workdir, flags.FLAGS.results_dir or None)
+  run(cfg, flags.FLAGS.workdir, flags.FLAGS.results_dir or None, search_values=tuple(flags.FLAGS.search_only))
 
 
 if __name__ == "__main__":
@@ -574,6 +592,8 @@ if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", None, "experiments/configs/tot_game24.py[:variant]", lock_config=True)
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and the report.")
   flags.DEFINE_string("results_dir", "", "Also copy results.json, report.md and the plot here.")
+  flags.DEFINE_list("search_only", [], "Only the base model and the ToT runs of these model-free values (oracle, "
+                    "logprob): a second process beside the main run, which then finds them cached.")
   flags.mark_flags_as_required(["config", "workdir"])
   logging.set_verbosity(logging.WARNING)
   app.run(main, flags_parser=config_lib.parse_flags)

@@ -39,7 +39,7 @@ def test_every_variant_validates_and_bad_keys_are_named():
 def test_tot_settings_run_widest_and_prm_first():
   cfg = _cfg("")
   settings = study.tot_settings(cfg.study)
-  assert settings[:3] == [("prm", 5, 5), ("oracle", 5, 5), ("logprob", 5, 5)]
+  assert settings[:3] == [("prm", 5, 5), ("prm", 1, 5), ("oracle", 5, 5)]
   assert len(settings) == len(cfg.study.values) * len(cfg.study.tot)
 
 
@@ -107,8 +107,13 @@ def test_targets_are_read_from_the_rows():
 
 @pytest.mark.e2e
 def test_study_end_to_end_tiny(tmp_path):
-  """Every phase on the tiny config; a second run reuses the cached phases and gives the same results."""
+  """Every phase on the tiny config (the model-free searches first, as a second process would run them); a second
+  run reuses the cached phases and gives the same results."""
   cfg = _cfg("tiny")
+  assert study.run(cfg, str(tmp_path / "work"), search_values=("oracle", "logprob")) is None
+  searched = sorted(p.name for p in (tmp_path / "work").glob("tot_*.json"))
+  assert searched == sorted(f"tot_{v}_b{b}_n{n}.json" for v in ("oracle", "logprob") for b, n in cfg.study.tot)
+  assert not (tmp_path / "work" / "cot.json").exists()
   results = study.run(cfg, str(tmp_path / "work"), results_dir=str(tmp_path / "results"))
   for name in ("results.json", "report.md", "success_vs_tokens.png"):
     assert os.path.exists(tmp_path / "results" / name), name
