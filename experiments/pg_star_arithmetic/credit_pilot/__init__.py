@@ -1,0 +1,1 @@
+"""Per-step credit pilot (issue #14 part 2): run.sh runs it, summarize.py tabulates it."""
