@@ -135,3 +135,28 @@ def test_study_end_to_end_tiny(tmp_path):
   changed.policy_train.steps = 5
   with pytest.raises(ValueError, match="another base model"):
     study.run(study.study_from_config(changed), str(tmp_path / "work"))
+
+
+@pytest.mark.e2e
+def test_policy_stop_step_is_the_schedules_checkpoint(tmp_path):
+  """study.policy_stop_step = S gives the parameters fine_tune's run of the whole schedule had at step S."""
+  import dataclasses  # noqa: PLC0415 (only this test replaces config sections)
+
+  import jax  # noqa: PLC0415
+
+  from star_jax import checkpoint, sharding, train  # noqa: PLC0415
+  cfg = _cfg("tiny")
+  cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, every_steps=2, keep=2))
+  mesh = sharding.make_mesh(cfg.mesh.axes, name="config.mesh.axes")
+  study.base_model(cfg, str(tmp_path / "full"), mesh)  # 4 steps, checkpoints at 2 and 4
+  tx = train.make_optimizer(cfg.policy_train)
+  with checkpoint.Checkpointer(str(tmp_path / "full" / "policy" / "checkpoints"), keep=2) as ckpt:
+    at_two, _ = ckpt.restore(train.state_shardings(cfg.model, tx, mesh)[0], step=2)
+  stopped_cfg = dataclasses.replace(cfg, study=dataclasses.replace(cfg.study, policy_stop_step=2))
+  stopped = study.base_model(stopped_cfg, str(tmp_path / "stopped"), mesh)
+  for a, b in zip(jax.tree.leaves(at_two.params), jax.tree.leaves(stopped)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  info = json.loads((tmp_path / "stopped" / "policy" / "train.json").read_text())
+  assert info["steps"] == 2 and info["schedule_steps"] == cfg.policy_train.steps
+  again = study.base_model(stopped_cfg, str(tmp_path / "stopped"), mesh)  # a finished phase is loaded
+  assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(jax.tree.leaves(stopped), jax.tree.leaves(again)))
