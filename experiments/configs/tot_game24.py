@@ -25,7 +25,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # Sized for a shared, busy 2-core CPU (~2.5 s per base-model step with 8 processes on it): ~60 min.
   c.policy_train.batch_size = 16  # packed rows of ~2 seed examples
   c.policy_train.seq_len = 256  # tokens per row (a seed example is ~115 characters)
-  c.policy_train.steps = 1400
+  c.policy_train.steps = 1400  # the lr schedule's length
   c.reward_train.batch_size = 16
   c.reward_train.seq_len = 256
   c.reward_train.steps = 150  # ~2 epochs of the ~2,200 training samples
@@ -33,6 +33,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.reward_train.warmup_steps = 30
   c.checkpoint.every_steps = 200  # save interval (and at the end): a killed run resumes
   c.checkpoint.keep = 1
+  c.study.policy_stop_step = 1000  # the base model is step 1,000 of that schedule (lr at 30% of peak): CPU time
   c.study.seed_examples = 60_000  # > the ~31k examples 1,400 steps of 16 packed rows read: every walk is new
   c.study.cot_samples = 32  # CoT best-of-k for k = 1..32 (the issue asks up to 100: CPU time; ToT b=5 n=5 costs ~14)
   c.study.reward_puzzles = 600  # x 4 samples (every 10th puzzle validates only)
@@ -45,6 +46,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if arg == "demo":
     c.model.d_model, c.model.n_layers = 64, 2
     c.policy_train.steps, c.policy_train.batch_size = 500, 16
+    c.study.policy_stop_step = 0  # the whole schedule
     c.reward_train.steps, c.reward_train.batch_size = 120, 16
     c.checkpoint.every_steps = 100
     c.study.seed_examples = 20_000
@@ -57,6 +59,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   elif arg == "tiny":
     c.model.d_model, c.model.n_layers, c.model.n_heads = 32, 1, 2
     c.policy_train.steps, c.policy_train.batch_size, c.policy_train.warmup_steps = 4, 8, 1
+    c.study.policy_stop_step = 0
     c.reward_train.steps, c.reward_train.batch_size, c.reward_train.warmup_steps = 3, 8, 1
     c.policy_train.log_every = c.reward_train.log_every = 1
     c.checkpoint.every_steps = 2
