@@ -51,6 +51,8 @@ def main() -> None:
         "steps": last["step"], "sampled_tokens": last["sampled_tokens"], "kl_to_base": last["kl_to_base"],
         "train_reward": mean("reward"), "train_sample_accuracy": mean("accuracy"),
         "groups_all_equal": mean("groups_all_equal"),
+        "first_10_steps_reward": sum(r["reward"] for r in train[:10]) / min(10, len(train)),
+        "last_10_steps_reward": sum(r["reward"] for r in train[-10:]) / min(10, len(train)),
         "first_10_steps_accuracy": sum(r["accuracy"] for r in train[:10]) / min(10, len(train)),
         "last_10_steps_accuracy": sum(r["accuracy"] for r in train[-10:]) / min(10, len(train)),
         "evaluations": [{k: e[k] for k in ["step", "sampled_tokens", *groups]} for e in evals],
@@ -58,13 +60,14 @@ def main() -> None:
                          "change_ci95": diff_interval(last[g], first[g], sizes[g])} for g in groups},
     }
   header = ("| run | steps | sampled tokens | " + " | ".join(f"{g[4:]} start → end (95% CI of end; change CI)" for g in groups)
-            + " | train reward | sample acc first→last 10 steps | all-equal groups | KL to base |")
+            + " | train reward first→last 10 steps | sample acc first→last 10 steps | all-equal groups | KL to base |")
   lines += [header, "|" + "---|" * (header.count("|") - 1)]
   for run, r in results.items():
     cells = [f"{h['start']:.3f} → {h['end']:.3f} ({h['end_ci95'][0]:.3f}–{h['end_ci95'][1]:.3f}; "
              f"{h['change_ci95'][0]:+.3f}…{h['change_ci95'][1]:+.3f})" for h in r["held_out"].values()]
     lines.append(f"| {run} | {r['steps']} | {r['sampled_tokens']:,} | " + " | ".join(cells)
-                 + f" | {r['train_reward']:.3f} | {r['first_10_steps_accuracy']:.3f} → {r['last_10_steps_accuracy']:.3f}"
+                 + f" | {r['first_10_steps_reward']:.3f} → {r['last_10_steps_reward']:.3f}"
+                 + f" | {r['first_10_steps_accuracy']:.3f} → {r['last_10_steps_accuracy']:.3f}"
                  + f" | {r['groups_all_equal']:.3f} | {r['kl_to_base']:.3f} |")
   with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=1)
