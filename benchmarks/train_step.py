@@ -4,10 +4,22 @@ Reference config (issue #2, `--config ref`): 4 layers, d_model 256, 4 heads, cha
 tokens, fp32, AdamW. `--config demo` is the arithmetic demo's shape: 4 layers, d_model 128, 4 heads, batch
 32 x 256 tokens packed with several examples per row (segment ids, positions restarting per example).
 FLOPs per step come from XLA's cost analysis of the compiled step; the ceiling is a jitted 2048 x 2048
-fp32 matmul on the same devices. Prints `train_step_mfu_vs_matmul: <ratio>` last.
+fp32 matmul on the same devices. `--config star` is the full5 STaR recipe's fine-tuning rows
+(experiments/configs/star_arithmetic.py: 3 layers, d_model 64, 4 heads, batch 16 x 256) and `--config star_demo`
+its `demo` variant (16 x 160); both pack real scratchpad examples (1-5 resp. 1-3 digit addition, 73-201 tokens)
+with the training pipeline's first-fit packer.
 
-  python benchmarks/train_step.py [--config ref|demo] [--rounds 7] [--steps 4] [--matmuls 8] [--packed]
-                                  [--system-malloc]
+Two ratios, both against the same matmul rounds:
+  train_step_mfu_vs_matmul           XLA's FLOP count of the compiled step (includes padding tokens and every
+                                     masked entry of the score matrices the implementation computes);
+  train_step_useful_mfu_vs_matmul    useful FLOPs only (printed last), see `useful_flops`:
+      useful = 3 * ( 2 * N * P_mm  +  4 * n_layers * H * Dh * sum_e L_e (L_e + 1) / 2 )
+    N = non-padding tokens, P_mm = matmul weights applied per token (q/k/v/o, SwiGLU, vocabulary projection),
+    L_e = length of packed example e (causal query-key pairs within each example), H * Dh = query width;
+    the 3 is forward + backward (gradients w.r.t. activations and weights: two matmuls per forward matmul).
+
+  python benchmarks/train_step.py [--config ref|demo|star|star_demo] [--rounds 7] [--steps 4] [--matmuls 8]
+                                  [--packed] [--system-malloc]
 
 Timing: after 3 warm-up steps, `--rounds` interleaved rounds each time `--steps` dispatched train steps and
 then `--matmuls` dispatched matmuls; each round gives one ratio (achieved FLOP/s of the steps / FLOP/s of
@@ -26,6 +38,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +46,7 @@ import numpy as np
 
 from star_jax import host_malloc, models, sharding, train
 from star_jax.config import TrainConfig
+from star_jax.data import arithmetic, pipeline, tokenizer
 
 
 class MatmulCeiling:
@@ -72,8 +86,48 @@ def packed_segments(rng: np.random.Generator, b: int, t: int, min_len: int = 20,
   return segment_ids, positions
 
 
+def star_batch(b: int, t: int, max_digits: int) -> dict[str, np.ndarray]:
+  """The first batch of the training pipeline over arithmetic scratchpads with 1..max_digits-digit operands.
+
+  Digit counts are uniform (as in STaR's kept sets, whose questions are drawn uniformly over lengths);
+  examples are packed first-fit into rows of t tokens exactly as in fine-tuning.
+  """
+  problems = [p for n in range(1, max_digits + 1) for p in arithmetic.sample_problems(n, 200, seed=0)]
+  records = [{"prompt": arithmetic.prompt_text(p), "target": arithmetic.target_text(p)} for p in problems]
+  dataset = pipeline.make_train_dataset(records, tokenizer.CharTokenizer(), batch_size=b, seq_len=t, seed=0,
+                                        shard_by_process=False)
+  return next(iter(dataset))
+
+
+def example_lengths(segment_ids_BxT: np.ndarray) -> np.ndarray:
+  """Lengths of every packed example (maximal runs of one nonzero segment id within a row)."""
+  lengths = []
+  for row in np.asarray(segment_ids_BxT):
+    starts = np.flatnonzero(np.diff(row, prepend=-1) != 0)
+    for start, end in zip(starts, list(starts[1:]) + [len(row)]):
+      if row[start] != 0:
+        lengths.append(end - start)
+  return np.asarray(lengths, np.int64)
+
+
+def useful_flops(model_config: models.ModelConfig, segment_ids_BxT: np.ndarray) -> float:
+  """Training FLOPs of the work the batch needs: 3 * (2 N P_mm + 4 n_layers H Dh sum_e L_e (L_e + 1) / 2).
+
+  Matmuls count only non-padding tokens (N), attention only the causal pairs within each example (lengths
+  L_e); norms, softmax, rotary and the optimizer are left out (elementwise, < 1% of the FLOPs here).
+  """
+  c = model_config
+  per_token_weights = c.n_layers * (c.d_model * (c.n_heads + 2 * c.n_kv_heads) * c.head_dim
+                                    + c.n_heads * c.head_dim * c.d_model + 3 * c.d_model * c.d_ff) + c.d_model * c.vocab_size
+  lengths = example_lengths(segment_ids_BxT)
+  causal_pairs = float(np.sum(lengths * (lengths + 1) // 2))
+  return 3.0 * (2.0 * float(lengths.sum()) * per_token_weights + 4.0 * c.n_layers * c.n_heads * c.head_dim * causal_pairs)
+
+
 def make_batch(config: str, packed: bool, b: int, t: int, vocab: int) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(0)
+  if config in ("star", "star_demo"):
+    return star_batch(b, t, max_digits=5 if config == "star" else 3)
   if config == "demo":
     segment_ids, positions = packed_segments(rng, b, t)
   elif packed:  # 4 equal examples per row
@@ -93,11 +147,14 @@ def make_batch(config: str, packed: bool, b: int, t: int, vocab: int) -> dict[st
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", choices=("ref", "demo"), default="ref", help="model and batch shape")
+  parser.add_argument("--config", choices=("ref", "demo", "star", "star_demo"), default="ref", help="model and batch shape")
   parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds of train steps and matmuls")
   parser.add_argument("--steps", type=int, default=4, help="timed train steps per round (after 3 warm-up steps)")
   parser.add_argument("--matmuls", type=int, default=8, help="timed 2048^2 matmuls per round")
   parser.add_argument("--packed", action="store_true", help="ref config: 4 examples per row with segment ids")
+  parser.add_argument("--attention", choices=("packed", "dense", "both"), default="packed",
+                      help="packed: the model's banded attention; dense: the reference (full masked scores); both: "
+                           "interleaved in the same rounds")
   parser.add_argument("--system-malloc", action="store_true", help="skip host_malloc.reuse_freed_memory()")
   args = parser.parse_args()
   reused = not args.system_malloc and host_malloc.reuse_freed_memory()  # before the first JAX computation
@@ -105,6 +162,9 @@ def main():
   if args.config == "demo":
     model_config = models.ModelConfig(vocab_size=100, d_model=128, n_layers=4, n_heads=4)
     train_config = TrainConfig(batch_size=32, seq_len=256, steps=1000, warmup_steps=10)
+  elif args.config in ("star", "star_demo"):  # experiments/configs/star_arithmetic.py (full5 / demo)
+    model_config = models.ModelConfig(vocab_size=100, d_model=64, n_layers=3, n_heads=4)
+    train_config = TrainConfig(batch_size=16, seq_len=256 if args.config == "star" else 160, steps=1000, warmup_steps=10)
   else:
     model_config = models.ModelConfig(vocab_size=100, d_model=256, n_layers=4, n_heads=4)
     train_config = TrainConfig(batch_size=32, seq_len=128, steps=1000, warmup_steps=10)
@@ -113,54 +173,79 @@ def main():
   batch = make_batch(args.config, args.packed, b, t, model_config.vocab_size)
   global_batch = sharding.host_batch_to_global(batch, mesh)
   tx = train.make_optimizer(train_config)
-  state = train.create_train_state(model_config, tx, mesh, seed=0)
-  step_fn = train.compile_train_step(model_config, train_config, mesh, tx)
-  compiled = step_fn.lower(state, global_batch, state.rng).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost["flops"])
-  memory = compiled.memory_analysis()
-
-  for _ in range(3):
-    state, metrics = step_fn(state, global_batch, state.rng)
-  jax.block_until_ready(metrics)
+  useful = useful_flops(model_config, batch["segment_ids_BxT"])
+  variants = ("dense", "packed") if args.attention == "both" else (args.attention,)
+  runs = {}
+  for name in variants:
+    state = train.create_train_state(model_config, tx, mesh, seed=0)
+    # train.train_step runs its loss and gradient through models.cond_band_attention; the dense variant, the
+    # reference implementation (full masked [T, T] scores), replaces that by a plain call while the step is traced.
+    cond = (lambda segment_ids, fn, *a: fn(*a)) if name == "dense" else models.cond_band_attention
+    with mock.patch.object(models, "cond_band_attention", cond):
+      start = time.perf_counter()
+      compiled = train.compile_train_step(model_config, train_config, mesh, tx).lower(
+          state, global_batch, state.rng).compile()
+      compile_seconds = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    for _ in range(3):
+      state, metrics = compiled(state, global_batch, state.rng)
+    jax.block_until_ready(metrics)
+    runs[name] = {"step": compiled, "state": state, "flops": float(cost["flops"]), "memory": compiled.memory_analysis(),
+                  "compile": compile_seconds, "wall": [], "cpu": [], "loss": float(metrics["loss"])}
   matmul = MatmulCeiling()
-  # Interleaved rounds: each round times a few dispatched train steps and then a few matmuls, so both sides
-  # of a round's ratio see the same machine load; the headline is the median of the rounds' ratios.
-  step_seconds, matmul_rates, ratios = [], [], []
+  # Interleaved rounds: each round times a few dispatched train steps of every variant and then a few matmuls,
+  # so all sides of a round's ratios see the same machine load; headlines are medians over rounds.
+  matmul_rates, matmul_cpu_rates = [], []
   for _ in range(args.rounds):
-    start = time.perf_counter()
-    for _ in range(args.steps):
-      state, metrics = step_fn(state, global_batch, state.rng)
-    jax.block_until_ready(metrics)
-    step_seconds.append((time.perf_counter() - start) / args.steps)
+    for run in runs.values():
+      start, cpu_start = time.perf_counter(), time.process_time()
+      for _ in range(args.steps):
+        run["state"], metrics = run["step"](run["state"], global_batch, run["state"].rng)
+      jax.block_until_ready(metrics)
+      run["wall"].append((time.perf_counter() - start) / args.steps)
+      run["cpu"].append((time.process_time() - cpu_start) / args.steps)
+    cpu_start = time.process_time()
     matmul_rates.append(matmul.mean_rate(args.matmuls))
-    ratios.append(flops / step_seconds[-1] / matmul_rates[-1])
-  step_times = []  # one at a time too, to show the spread on a shared machine (not used in the ratio)
-  for _ in range(10):
-    start = time.perf_counter()
-    state, metrics = step_fn(state, global_batch, state.rng)
-    jax.block_until_ready(metrics)
-    step_times.append(time.perf_counter() - start)
+    matmul_cpu_rates.append(matmul.flops * args.matmuls / (time.process_time() - cpu_start))
   best_matmul = matmul.best_rate(10)
   real_tokens = int(np.sum(batch["segment_ids_BxT"] != 0))
+  lengths = example_lengths(batch["segment_ids_BxT"])
   print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}  malloc: "
         f"{'host_malloc.reuse_freed_memory()' if reused else 'system defaults'}  "
-        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}  load average: {os.getloadavg()[0]:.1f}")
   print(f"config: {args.config}  params: {model_config.num_params():,}  batch: {b} x {t}  "
-        f"packed: {args.packed or args.config == 'demo'}  non-padding tokens: {real_tokens}")
-  step_mean = float(np.mean(step_seconds))
-  print(f"step: {1000 * step_mean:.1f} ms (mean of {args.rounds} x {args.steps})  tokens/s: {b * t / step_mean:,.0f} "
-        f"(non-padding {real_tokens / step_mean:,.0f})  [single steps: min {1000 * min(step_times):.1f}, "
-        f"median {1000 * float(np.median(step_times)):.1f} ms]")
-  if memory is not None:
-    print(f"step temporary buffer (XLA memory analysis): {memory.temp_size_in_bytes / 2 ** 20:.0f} MiB")
-  print(f"step FLOPs (XLA cost analysis): {flops / 1e9:.2f} GFLOP  achieved: {flops / step_mean / 1e9:.1f} GFLOP/s")
+        f"packed: {args.packed or args.config != 'ref'}  non-padding tokens: {real_tokens}  examples: {len(lengths)} "
+        f"(length {lengths.min()}-{lengths.max()}, mean {lengths.mean():.1f})")
+  print(f"useful FLOPs (formula above): {useful / 1e9:.2f} GFLOP")
   print(f"fp32 2048^2 matmul: {np.mean(matmul_rates) / 1e9:.1f} GFLOP/s (mean of {args.rounds} x {args.matmuls}), "
-        f"best single {best_matmul / 1e9:.1f} GFLOP/s")
-  print("per-round ratios: " + " ".join(f"{r:.3f}" for r in ratios))
-  print(f"strict ratio (mean step vs best single matmul): {flops / step_mean / best_matmul:.3f}")
+        f"best single {best_matmul / 1e9:.1f} GFLOP/s; per CPU-second {np.median(matmul_cpu_rates) / 1e9:.1f} GFLOP")
+  medians = {}
+  for name, run in runs.items():
+    wall, cpu = np.asarray(run["wall"]), np.asarray(run["cpu"])
+    ratios = run["flops"] / wall / np.asarray(matmul_rates)
+    useful_ratios = useful / wall / np.asarray(matmul_rates)
+    cpu_ratios = useful / cpu / np.asarray(matmul_cpu_rates)
+    medians[name] = float(np.median(useful_ratios))
+    memory = run["memory"]
+    print(f"[{name} attention] loss {run['loss']:.4f}  compile {run['compile']:.1f} s  step {1000 * np.median(wall):.1f} ms "
+          f"(median of {args.rounds} rounds x {args.steps}; min {1000 * wall.min():.1f}), CPU {1000 * np.median(cpu):.1f} ms  "
+          f"non-padding tokens/s {real_tokens / np.median(wall):,.0f}"
+          + (f"  temp buffer {memory.temp_size_in_bytes / 2 ** 20:.0f} MiB" if memory is not None else ""))
+    print(f"  XLA cost analysis: {run['flops'] / 1e9:.2f} GFLOP (useful/XLA {useful / run['flops']:.3f}; a conditional's "
+          f"branches may all be counted)  per-round ratio median {np.median(ratios):.3f}")
+    print("  per-round useful ratios: " + " ".join(f"{r:.3f}" for r in useful_ratios)
+          + f"  | CPU-time useful ratio (load-robust proxy) median {np.median(cpu_ratios):.3f}")
+    print(f"  strict useful ratio (mean step vs best single matmul): {useful / wall.mean() / best_matmul:.3f}")
+  if len(runs) == 2:
+    speedups = np.asarray(runs["dense"]["wall"]) / np.asarray(runs["packed"]["wall"])
+    cpu_speedups = np.asarray(runs["dense"]["cpu"]) / np.asarray(runs["packed"]["cpu"])
+    print(f"packed vs dense step time: {np.median(speedups):.2f}x faster (median of per-round ratios "
+          f"{' '.join(f'{x:.2f}' for x in speedups)}), CPU time {np.median(cpu_speedups):.2f}x")
+  last = variants[-1]
+  ratios = runs[last]["flops"] / np.asarray(runs[last]["wall"]) / np.asarray(matmul_rates)
   print(f"train_step_mfu_vs_matmul: {float(np.median(ratios)):.3f}")
+  print(f"train_step_useful_mfu_vs_matmul: {medians[last]:.3f}")
 
 
 if __name__ == "__main__":

@@ -92,11 +92,11 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model_config:
   grad_fn = jax.value_and_grad(functools.partial(lm_loss_sums, model_config), has_aux=True)
 
   if grad_accum_steps == 1:
-    (nll_sum, weight), grads = grad_fn(state.params, batch)
+    (nll_sum, weight), grads = models.cond_band_attention(batch.get("segment_ids_BxT"), grad_fn, state.params, batch)
   else:
     def accumulate(carry, microbatch):
       (nll_acc, weight_acc), grads_acc = carry
-      (nll, w), g = grad_fn(state.params, microbatch)
+      (nll, w), g = models.cond_band_attention(microbatch.get("segment_ids_BxT"), grad_fn, state.params, microbatch)
       return ((nll_acc + nll, weight_acc + w), jax.tree.map(jnp.add, grads_acc, g)), None
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     ((nll_sum, weight), grads), _ = jax.lax.scan(

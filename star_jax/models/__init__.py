@@ -3,6 +3,7 @@
 from star_jax.models.config import ModelConfig
 from star_jax.models.functional import (
                                         abstract_params,
+                                        cond_band_attention,
                                         count_params,
                                         forward,
                                         forward_cached,
@@ -18,7 +19,7 @@ from star_jax.models.hf import load_hf, save_hf
 from star_jax.models.transformer import LayerCache
 
 __all__ = [
-    "ModelConfig", "LayerCache", "abstract_params", "count_params", "forward", "forward_cached",
+    "ModelConfig", "LayerCache", "abstract_params", "cond_band_attention", "count_params", "forward", "forward_cached",
     "forward_with_hidden", "init_cache", "init_params", "load_hf", "logical_axes", "save_hf", "positions_from_segments",
     "segment_causal_mask",
 ]

@@ -8,6 +8,7 @@ from Hugging Face and differentiated like any pytree.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 
 import flax.linen as nn
@@ -15,19 +16,19 @@ import jax
 import jax.numpy as jnp
 
 from star_jax.models.config import ModelConfig
-from star_jax.models.transformer import _NEG_INF, LayerCache, Transformer, attention_core
+from star_jax.models.transformer import _NEG_INF, LayerCache, Transformer, attention_core, band_fits, band_for, segment_offsets
+
+# Packed rows: blocks of 32 queries attend to the 96 keys ending with their block when every example fits
+# (examples of up to 65 tokens always do); see transformer.band_attention_core and benchmarks/RESULTS.md.
+BAND_BLOCK, BAND_WINDOW = 32, 96
+_ATTENTION = contextvars.ContextVar("star_jax_attention", default="dense")  # set while tracing, see cond_band_attention
 
 Params = dict
 
 
 def positions_from_segments(segment_ids_BxT: jax.Array) -> jax.Array:
   """Positions restarting at 0 at every new segment (packed rows); padding gets 0-based junk positions."""
-  t = segment_ids_BxT.shape[1]
-  index_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :], segment_ids_BxT.shape)
-  previous_BxT = jnp.pad(segment_ids_BxT[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
-  is_start_BxT = segment_ids_BxT != previous_BxT
-  start_BxT = jax.lax.cummax(jnp.where(is_start_BxT, index_BxT, 0), axis=1)
-  return index_BxT - start_BxT
+  return segment_offsets(segment_ids_BxT)
 
 
 def segment_causal_mask(segment_ids_BxT: jax.Array) -> jax.Array:
@@ -39,35 +40,64 @@ def segment_causal_mask(segment_ids_BxT: jax.Array) -> jax.Array:
   return causal_TxT[None] & same_BxTxT & real_BxT[:, None, :]
 
 
-def _inputs(tokens_BxT, segment_ids_BxT, positions_BxT):
-  if tokens_BxT.ndim != 2:
-    raise ValueError(f"tokens must be int [batch, seq], got shape {tokens_BxT.shape}")
-  if segment_ids_BxT is None:
-    segment_ids_BxT = jnp.ones(tokens_BxT.shape, jnp.int32)
-  if positions_BxT is None:
-    positions_BxT = positions_from_segments(segment_ids_BxT)
-  return positions_BxT, segment_causal_mask(segment_ids_BxT)
-
-
 def forward_with_hidden(config: ModelConfig, params: Params, tokens_BxT: jax.Array, *,
                         segment_ids_BxT: jax.Array | None = None,
-                        positions_BxT: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+                        positions_BxT: jax.Array | None = None,
+                        attention: str | None = None) -> tuple[jax.Array, jax.Array]:
   """(logits_BxTxV float32, final-norm hidden states_BxTxD) — the hidden states feed reward heads.
 
   segment_ids_BxT: 0 marks padding, 1, 2, ... the examples packed into a row (default: one example).
   positions_BxT: rotary positions (default: restart at 0 for each segment).
+  attention: "dense" (full masked [T, T] scores) or "band" (blocks of BAND_BLOCK queries see the
+  BAND_WINDOW keys ending with their block: exact only where every example fits, so run it through
+  `cond_band_attention`); default: "dense", or what an enclosing `cond_band_attention` traces.
   """
-  positions_BxT, mask_BxTxT = _inputs(tokens_BxT, segment_ids_BxT, positions_BxT)
-  logits, hidden, _ = Transformer(config).apply({"params": params}, tokens_BxT, positions_BxT, mask_BxTxT)
+  if tokens_BxT.ndim != 2:
+    raise ValueError(f"tokens must be int [batch, seq], got shape {tokens_BxT.shape}")
+  attention = attention or _ATTENTION.get()
+  if attention not in ("dense", "band"):
+    raise ValueError(f"models.forward: attention must be 'dense' or 'band', got {attention!r}")
+  if segment_ids_BxT is None:
+    segment_ids_BxT = jnp.ones(tokens_BxT.shape, jnp.int32)
+  if positions_BxT is None:
+    positions_BxT = positions_from_segments(segment_ids_BxT)
+  band = band_for(tokens_BxT.shape[1], BAND_BLOCK, BAND_WINDOW) if attention == "band" else None
+  mask_BxTxT = None if band is not None else segment_causal_mask(segment_ids_BxT)
+  logits, hidden, _ = Transformer(config).apply({"params": params}, tokens_BxT, positions_BxT, mask_BxTxT,
+                                                segment_ids_BxT=segment_ids_BxT, band=band)
   return logits, hidden
 
 
 def forward(config: ModelConfig, params: Params, tokens_BxT: jax.Array, *,
             segment_ids_BxT: jax.Array | None = None,
-            positions_BxT: jax.Array | None = None) -> jax.Array:
-  """tokens int32 [batch, seq] -> float32 logits [batch, seq, vocab]."""
+            positions_BxT: jax.Array | None = None,
+            attention: str | None = None) -> jax.Array:
+  """tokens int32 [batch, seq] -> float32 logits [batch, seq, vocab] (see `forward_with_hidden`)."""
   return forward_with_hidden(config, params, tokens_BxT, segment_ids_BxT=segment_ids_BxT,
-                             positions_BxT=positions_BxT)[0]
+                             positions_BxT=positions_BxT, attention=attention)[0]
+
+
+def cond_band_attention(segment_ids_BxT: jax.Array | None, fn, *args):
+  """fn(*args) with the model's attention on the band where every packed example fits in it, else dense.
+
+  One `lax.cond` on `transformer.band_fits` around the whole of fn (e.g. a loss and its gradient, traced
+  twice: once with attention="band", once "dense"), so nothing fn saves for its backward pass crosses
+  the cond. Rows whose length the band does not divide, or no segment ids, run fn densely.
+  """
+  band = None if segment_ids_BxT is None else band_for(segment_ids_BxT.shape[1], BAND_BLOCK, BAND_WINDOW)
+  if band is None:
+    return fn(*args)
+
+  def traced_with(attention):
+    def run(*a):
+      token = _ATTENTION.set(attention)
+      try:
+        return fn(*a)
+      finally:
+        _ATTENTION.reset(token)
+    return run
+
+  return jax.lax.cond(band_fits(segment_ids_BxT, band), traced_with("band"), traced_with("dense"), *args)
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_len: int, dtype=None) -> tuple[LayerCache, ...]:

@@ -17,11 +17,13 @@ save only what they need and lay out every weight-gradient contraction as a plai
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from star_jax import sharding
 from star_jax.models.config import ModelConfig
@@ -149,6 +151,141 @@ def _attention_bwd(residuals, dout_BxKxQxDh):
 attention_core.defvjp(_attention_fwd, _attention_bwd)
 
 
+# ---- attention over packed rows of short examples: a band of key blocks ----
+#
+# A packed row holds several examples (segment ids 1, 2, ..; 0 = padding) and a token attends only to the
+# earlier tokens of its own example. The dense path above forms all [T, T] scores of a row, most of them
+# masked when the examples are short. `band_attention_core` cuts the row into query blocks of C tokens and
+# lets query block n attend to key blocks n - m + 1 .. n only: T * m * C scores instead of T * T. That is
+# exact whenever every example fits in the band, which the model checks at run time from the segment ids
+# (`band_fits`); `functional.cond_band_attention` then runs a whole computation (e.g. a loss and its
+# gradient) with the band, and otherwise with the dense path: one `lax.cond` around the computation, so no
+# residual crosses it (a per-layer cond would make each branch write zeros for the other's saved scores).
+# The softmax sums over the band instead of the
+# row; the entries left out are masked (exp(-1e30 - max) = 0), so results match the dense path up to float
+# summation order. Only padding queries (segment 0, which see no key) differ: their uniform average runs
+# over the band. Nothing reads those (no real query attends to a padding key and the loss masks padding),
+# so losses and gradients are unchanged.
+#
+# On XLA:CPU a batched dot contracting a non-minor dimension of either operand (q k^T, dS^T q, ...) runs
+# 1.5-2x slower than a plain row-major one for these small tiles (32 x 32 x 96, measured), so every dot
+# here is [.., M, K] x [.., K, N]: k and v are also kept transposed ([Dh, C] per block) and q / dO are
+# transposed in the backward pass; those transposes touch T * Dh values, the scores T * m * C.
+
+
+def segment_offsets(segment_ids_BxT: jax.Array) -> jax.Array:
+  """i - (first index of i's segment): positions restarting at 0 at every new segment of a packed row."""
+  t = segment_ids_BxT.shape[1]
+  index_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :], segment_ids_BxT.shape)
+  previous_BxT = jnp.pad(segment_ids_BxT[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+  is_start_BxT = segment_ids_BxT != previous_BxT
+  start_BxT = jax.lax.cummax(jnp.where(is_start_BxT, index_BxT, 0), axis=1)
+  return index_BxT - start_BxT
+
+
+class Band(NamedTuple):
+  """Static band shape: query/key blocks of `block` tokens, each query block sees `blocks` key blocks."""
+
+  block: int
+  blocks: int
+
+
+def band_for(t: int, block: int, window: int) -> Band | None:
+  """The band for rows of t tokens (window = blocks * block tokens per query block), or None where it saves nothing."""
+  if block <= 0 or t % block or window % block or window >= t:
+    return None
+  return Band(block, window // block)
+
+
+def band_fits(segment_ids_BxT: jax.Array, band: Band) -> jax.Array:
+  """True iff every real token's example lies in its band: offset_i <= (i mod C) + (m - 1) C."""
+  slack_T = jnp.arange(segment_ids_BxT.shape[1], dtype=jnp.int32) % band.block
+  reach_BxT = slack_T[None, :] + (band.blocks - 1) * band.block
+  return jnp.all((segment_ids_BxT == 0) | (segment_offsets(segment_ids_BxT) <= reach_BxT))
+
+
+def band_bias(segment_ids_BxT: jax.Array, band: Band) -> jax.Array:
+  """Additive float32 mask [B, N, 1, C, m C]: 0 where key j (block n - m + 1 + j // C) is visible to query i
+  (same nonzero segment, j <= i), else -1e30. Key blocks before the row's start are padding (segment 0)."""
+  b, t = segment_ids_BxT.shape
+  c, m = band
+  nq = t // c
+  query_NxCx1 = np.arange(nq)[:, None, None] * c + np.arange(c)[None, :, None]
+  key_Nx1xS = ((np.arange(nq)[:, None] - m + 1) * c + np.arange(m * c)[None, :])[:, None, :]
+  padded_BxP = jnp.pad(segment_ids_BxT, ((0, 0), ((m - 1) * c, 0)))
+  key_seg_BxNxS = jnp.stack([padded_BxP[:, n * c:n * c + m * c] for n in range(nq)], axis=1)
+  query_seg_BxNxCx1 = segment_ids_BxT.reshape(b, nq, c)[:, :, :, None]
+  visible = (jnp.asarray(key_Nx1xS <= query_NxCx1)[None] & (key_seg_BxNxS[:, :, None, :] == query_seg_BxNxCx1)
+             & (key_seg_BxNxS[:, :, None, :] != 0))
+  return jnp.where(visible, 0.0, _NEG_INF).astype(jnp.float32)[:, :, None]
+
+
+def _band_windows(x_BxNxKxExC: jax.Array, m: int) -> jax.Array:
+  """[B, N, K, E, m C]: for each block n, blocks n - m + 1 .. n side by side along the last axis (zeros before 0)."""
+  padded = jnp.pad(x_BxNxKxExC, ((0, 0), (m - 1, 0), (0, 0), (0, 0), (0, 0)))
+  n = x_BxNxKxExC.shape[1]
+  return jnp.concatenate([padded[:, j:j + n] for j in range(m)], axis=-1)
+
+
+def _band_unwindow(x_BxNxKxExS: jax.Array, m: int) -> jax.Array:
+  """Adjoint of `_band_windows`: window slot j of block n adds into block n - m + 1 + j."""
+  n, c = x_BxNxKxExS.shape[1], x_BxNxKxExS.shape[-1] // m
+  out = jnp.zeros(x_BxNxKxExS.shape[:1] + (n + m - 1,) + x_BxNxKxExS.shape[2:-1] + (c,), x_BxNxKxExS.dtype)
+  for j in range(m):
+    out = out.at[:, j:j + n].add(x_BxNxKxExS[..., j * c:(j + 1) * c])
+  return out[:, m - 1:]
+
+
+def _transposed(x):  # [.., A, B] -> [.., B, A] as a real copy: XLA may not fold it back into a dot
+  return jax.lax.optimization_barrier(jnp.swapaxes(x, -1, -2))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def band_attention_core(q_BxNxKxQxDh, kt_BxNxKxDhxC, vt_BxNxKxDhxC, bias_BxNx1xCxS, m):
+  """softmax(q k^T + bias) v where query block n sees key blocks n - m + 1 .. n (S = m C keys).
+
+  The G query heads of a kv head are stacked as Q = G*C rows per block; keys and values come transposed
+  ([Dh, C] per block). Saves the probabilities; dS = P * (dP - rowsum(P * dP)) as in `attention_core`.
+  """
+  return _band_fwd(q_BxNxKxQxDh, kt_BxNxKxDhxC, vt_BxNxKxDhxC, bias_BxNx1xCxS, m)[0]
+
+
+def _band_fwd(q_BxNxKxQxDh, kt_BxNxKxDhxC, vt_BxNxKxDhxC, bias_BxNx1xCxS, m):
+  b, n, kh, q_len, _ = q_BxNxKxQxDh.shape
+  c = kt_BxNxKxDhxC.shape[-1]
+  logits = jnp.einsum("BNKQE,BNKES->BNKQS", q_BxNxKxQxDh, _band_windows(kt_BxNxKxDhxC, m)).astype(jnp.float32)
+  logits_BxNxKxGxCxS = logits.reshape(b, n, kh, q_len // c, c, m * c) + bias_BxNx1xCxS[:, :, :, None]
+  probs_BxNxKxQxS = jax.nn.softmax(logits_BxNxKxGxCxS, axis=-1).reshape(b, n, kh, q_len, m * c).astype(vt_BxNxKxDhxC.dtype)
+  values_BxNxKxSxDh = _transposed(_band_windows(vt_BxNxKxDhxC, m))
+  out_BxNxKxQxDh = jnp.einsum("BNKQS,BNKSE->BNKQE", probs_BxNxKxQxS, values_BxNxKxSxDh)
+  return out_BxNxKxQxDh, (q_BxNxKxQxDh, kt_BxNxKxDhxC, vt_BxNxKxDhxC, probs_BxNxKxQxS)
+
+
+def _band_bwd(m, residuals, dout_BxNxKxQxDh):
+  q_BxNxKxQxDh, kt_BxNxKxDhxC, vt_BxNxKxDhxC, probs_BxNxKxQxS = residuals
+  # see `_after`: one cotangent value per [B, N, K] tile keeps this work in the backward pass
+  q_BxNxKxQxDh, kt_BxNxKxDhxC, vt_BxNxKxDhxC = (x + 0.0 * dout_BxNxKxQxDh[..., :1, :1] for x in (
+      q_BxNxKxQxDh, kt_BxNxKxDhxC, vt_BxNxKxDhxC))
+  dprobs = jnp.einsum("BNKQE,BNKES->BNKQS", dout_BxNxKxQxDh, _band_windows(vt_BxNxKxDhxC, m)).astype(jnp.float32)
+  probs = probs_BxNxKxQxS.astype(jnp.float32)
+  dlogits_BxNxKxQxS = (probs * (dprobs - jnp.sum(probs * dprobs, -1, keepdims=True))).astype(q_BxNxKxQxDh.dtype)
+  keys_BxNxKxSxDh = _transposed(_band_windows(kt_BxNxKxDhxC, m))
+  dq_BxNxKxQxDh = jnp.einsum("BNKQS,BNKSE->BNKQE", dlogits_BxNxKxQxS, keys_BxNxKxSxDh)
+  dkt_BxNxKxDhxS = jnp.einsum("BNKEQ,BNKQS->BNKES", _transposed(q_BxNxKxQxDh), dlogits_BxNxKxQxS)
+  dvt_BxNxKxDhxS = jnp.einsum("BNKEQ,BNKQS->BNKES", _transposed(dout_BxNxKxQxDh), probs_BxNxKxQxS)
+  return dq_BxNxKxQxDh, _band_unwindow(dkt_BxNxKxDhxS, m), _band_unwindow(dvt_BxNxKxDhxS, m), None
+
+
+band_attention_core.defvjp(_band_fwd, _band_bwd)
+
+
+class PackedSpec(NamedTuple):
+  """Computed once per forward from the segment ids, shared by the layers."""
+
+  band: Band
+  band_bias_BxNx1xCxS: jax.Array
+
+
 # ---- layers ----
 
 def rotary_angles(positions_BxT: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
@@ -193,7 +330,7 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxTxD, rotary, bias_Bx1xTxS, cache: LayerCache | None = None,
-               cache_index: jax.Array | None = None):
+               cache_index: jax.Array | None = None, packed: PackedSpec | None = None):
     cfg = self.cfg
     d, h, k, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     init = nn.initializers.normal(stddev=d ** -0.5)
@@ -230,9 +367,22 @@ class Attention(nn.Module):
     else:
       keys_BxKxSxDh, values_BxKxSxDh = k_BxKxTxDh, v_BxKxTxDh
 
-    q_BxKxQxDh = q_BxTxHxDh.reshape(b, t, k, h // k, dh).transpose(0, 2, 3, 1, 4).reshape(b, k, h // k * t, dh)
-    out_BxKxQxDh = attention_core(q_BxKxQxDh, keys_BxKxSxDh, values_BxKxSxDh, bias_Bx1xTxS)
-    out_MxHDh = out_BxKxQxDh.reshape(b, k, h // k, t, dh).transpose(0, 3, 1, 2, 4).reshape(b * t, h * dh)
+    def dense_attention(q_BxTxHxDh, keys_BxKxSxDh, values_BxKxSxDh):
+      q_BxKxQxDh = q_BxTxHxDh.reshape(b, t, k, h // k, dh).transpose(0, 2, 3, 1, 4).reshape(b, k, h // k * t, dh)
+      out_BxKxQxDh = attention_core(q_BxKxQxDh, keys_BxKxSxDh, values_BxKxSxDh, bias_Bx1xTxS)
+      return out_BxKxQxDh.reshape(b, k, h // k, t, dh).transpose(0, 3, 1, 2, 4).reshape(b * t, h * dh)
+
+    def band_attention(q_BxTxHxDh, keys_BxKxSxDh, values_BxKxSxDh):
+      c, m = packed.band
+      nq = t // c
+      q_BxNxKxQxDh = q_BxTxHxDh.reshape(b, nq, c, k, h // k, dh).transpose(0, 1, 3, 4, 2, 5).reshape(b, nq, k, -1, dh)
+      kt_BxNxKxDhxC, vt_BxNxKxDhxC = (x.reshape(b, k, nq, c, dh).transpose(0, 2, 1, 4, 3)
+                                      for x in (keys_BxKxSxDh, values_BxKxSxDh))
+      out_BxNxKxQxDh = band_attention_core(q_BxNxKxQxDh, kt_BxNxKxDhxC, vt_BxNxKxDhxC, packed.band_bias_BxNx1xCxS, m)
+      return out_BxNxKxQxDh.reshape(b, nq, k, h // k, c, dh).transpose(0, 1, 4, 2, 3, 5).reshape(b * t, h * dh)
+
+    attention = dense_attention if packed is None else band_attention
+    out_MxHDh = attention(q_BxTxHxDh, keys_BxKxSxDh, values_BxKxSxDh)
     out_BxTxD = dense(out_MxHDh, wo_HxDhxD.reshape(h * dh, d).astype(dtype)).reshape(b, t, d)
     return out_BxTxD, new_cache
 
@@ -261,9 +411,9 @@ class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD, rotary, bias_Bx1xTxS, cache=None, cache_index=None):
+  def __call__(self, x_BxTxD, rotary, bias_Bx1xTxS, cache=None, cache_index=None, packed=None):
     attn_out_BxTxD, new_cache = Attention(self.cfg, name="attn")(
-        RMSNorm(self.cfg, name="attn_norm")(x_BxTxD), rotary, bias_Bx1xTxS, cache, cache_index)
+        RMSNorm(self.cfg, name="attn_norm")(x_BxTxD), rotary, bias_Bx1xTxS, cache, cache_index, packed)
     x_BxTxD = x_BxTxD + attn_out_BxTxD
     x_BxTxD = x_BxTxD + SwiGLU(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_BxTxD))
     return sharding.constrain(x_BxTxD, ("batch", "length", "act_embed")), new_cache
@@ -272,14 +422,17 @@ class Block(nn.Module):
 class Transformer(nn.Module):
   """Returns (logits_BxTxV float32, final hidden states_BxTxD, new per-layer caches or None).
 
-  With last_logits_only the logits are those of the last position only, [B, 1, V].
+  With last_logits_only the logits are those of the last position only, [B, 1, V]. mask_BxTxS masks the
+  dense scores. With a `Band` and segment_ids_BxT (packed rows, no caches; mask_BxTxS is then unused and
+  may be None), attention runs on the band instead (`band_attention_core`), which is exact only where
+  `band_fits(segment_ids_BxT, band)`: the caller checks (functional.cond_band_attention).
   """
 
   cfg: ModelConfig
 
   @nn.compact
   def __call__(self, tokens_BxT, positions_BxT, mask_BxTxS, caches=None, cache_index=None,
-               last_logits_only: bool = False):
+               last_logits_only: bool = False, segment_ids_BxT=None, band: Band | None = None):
     cfg = self.cfg
     embedding_VxD = _param(self, "embedding", nn.initializers.normal(stddev=1.0),
                            (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg)
@@ -287,11 +440,15 @@ class Transformer(nn.Module):
     x_BxTxD = sharding.constrain(x_BxTxD, ("batch", "length", "act_embed"))
     # Shared by every layer: rotary cos/sin and the mask as an additive float32 bias (0 or -1e30).
     rotary = rotary_angles(positions_BxT, cfg.head_dim, cfg.rope_theta)
-    bias_Bx1xTxS = jnp.where(mask_BxTxS, 0.0, _NEG_INF).astype(jnp.float32)[:, None]
+    if band is not None and caches is None:
+      bias_Bx1xTxS, packed = None, PackedSpec(band, band_bias(segment_ids_BxT, band))
+    else:
+      bias_Bx1xTxS, packed = jnp.where(mask_BxTxS, 0.0, _NEG_INF).astype(jnp.float32)[:, None], None
     new_caches = []
     for i in range(cfg.n_layers):
       layer_cache = None if caches is None else caches[i]
-      x_BxTxD, new_cache = Block(cfg, name=f"layer_{i}")(x_BxTxD, rotary, bias_Bx1xTxS, layer_cache, cache_index)
+      x_BxTxD, new_cache = Block(cfg, name=f"layer_{i}")(x_BxTxD, rotary, bias_Bx1xTxS, layer_cache, cache_index,
+                                                         packed)
       new_caches.append(new_cache)
     hidden_BxTxD = RMSNorm(cfg, name="final_norm")(x_BxTxD)
     if cfg.tie_embeddings:
