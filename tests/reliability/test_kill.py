@@ -114,6 +114,18 @@ def _jsonl(path, drop=()):
   return [{k: v for k, v in r.items() if k not in drop and not k.startswith("seconds")} for r in io.read_jsonl(path)]
 
 
+def _assert_records_equal(got: list[dict], expected: list[dict]):
+  """Equal records: every count, accuracy and text exactly; float metrics to float rounding (a fresh process
+  may round XLA:CPU's last bit differently, and KL(π‖π_base) ~ 3e-5 is a difference of nearly equal log-probs)."""
+  assert [sorted(r) for r in got] == [sorted(r) for r in expected]
+  for g, e in zip(got, expected):
+    for key, value in e.items():
+      if isinstance(value, float) and not key.startswith("acc_"):
+        assert g[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (g.get("step", g.get("iteration")), key)
+      else:
+        assert g[key] == value, (g.get("step", g.get("iteration")), key)
+
+
 def _assert_states_close(a_dir, b_dir):
   a, b = runs.newest_state(a_dir), runs.newest_state(b_dir)
   assert sorted(a) == sorted(b)
@@ -124,7 +136,7 @@ def _assert_states_close(a_dir, b_dir):
 
 def assert_same_results(loop: str, workdir, reference):
   if loop == "star":
-    assert _jsonl(workdir / "star_metrics.jsonl") == _jsonl(reference / "star_metrics.jsonl")
+    _assert_records_equal(_jsonl(workdir / "star_metrics.jsonl"), _jsonl(reference / "star_metrics.jsonl"))
     for n in (1, 2):
       for name in ("generated.jsonl", "rationalized.jsonl"):
         assert (workdir / f"iter_{n}" / name).read_text() == (reference / f"iter_{n}" / name).read_text()
@@ -132,7 +144,7 @@ def assert_same_results(loop: str, workdir, reference):
       _assert_states_close(reference / phase / "checkpoints", workdir / phase / "checkpoints")
   elif loop == "pg":
     for name in ("rl_eval.jsonl", "rl_metrics.jsonl"):
-      assert _jsonl(workdir / name, PG_TIMING) == _jsonl(reference / name, PG_TIMING)
+      _assert_records_equal(_jsonl(workdir / name, PG_TIMING), _jsonl(reference / name, PG_TIMING))
     for phase in ("base", ""):
       _assert_states_close(reference / phase / "checkpoints", workdir / phase / "checkpoints")
   else:
