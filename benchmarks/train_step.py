@@ -25,7 +25,11 @@ Timing: after 3 warm-up steps, `--rounds` interleaved rounds each time `--steps`
 then `--matmuls` dispatched matmuls; each round gives one ratio (achieved FLOP/s of the steps / FLOP/s of
 the matmuls), measured back to back under the same machine load. The headline is the median round ratio.
 The strict ratio (mean step over all rounds vs the single fastest matmul) is printed too, for comparison
-with the first version of this script (mean of 20 steps vs best of 10 matmuls).
+with the first version of this script (mean of 20 steps vs best of 10 matmuls). `--attention both` times the
+dense reference step (full masked [T, T] scores: the path before the band) and the library's step (band
+attention where every packed example fits, `models.cond_band_attention`) in the same rounds. Each round also
+records process CPU time; useful FLOPs per CPU-second of the step over matmul FLOPs per CPU-second is printed
+as a load-robust proxy (on a machine shared with other jobs the wall ratios swing by +-0.15 between rounds).
 
 Like the library's entry points, the script first calls `star_jax.host_malloc.reuse_freed_memory()`, so
 that XLA:CPU reuses the step's 359 MiB temporary buffer instead of page-faulting it in afresh on every
