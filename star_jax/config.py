@@ -76,8 +76,12 @@ class TrainConfig:
   grad_accum_steps: int = 1  # micro-batches per update (batch_size must divide evenly)
   seed: int = 0  # init + per-step rng seed
   log_every: int = 50  # steps between metric writes
+  # "band": packed rows whose examples all fit the band (<= 65 tokens) attend block-banded (exact; 1.06-1.16x the
+  # demo SFT step, benchmarks/RESULTS.md), other rows densely; compiles both paths. "dense": full masked scores.
+  attention: str = "dense"
 
   def __post_init__(self):
+    require(self.attention in ("dense", "band"), "train.attention", self.attention, "must be 'dense' or 'band'")
     for key in ("batch_size", "seq_len", "steps", "grad_accum_steps", "log_every"):
       require(getattr(self, key) > 0, f"train.{key}", getattr(self, key), "must be > 0")
     require(math.isfinite(self.lr), "train.lr", self.lr, "must be a finite number")

@@ -81,7 +81,7 @@ def _split_microbatches(batch: Batch, n: int) -> Batch:
 
 def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model_config: ModelConfig,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
-               grad_accum_steps: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+               grad_accum_steps: int = 1, attention: str = "dense") -> tuple[TrainState, dict[str, jax.Array]]:
   """One AdamW update on the masked mean token NLL, Σ m·nll / Σ m over the whole (global) batch.
 
   With grad_accum_steps = n the batch is split into n micro-batches whose gradient *sums* are
@@ -89,14 +89,19 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model_config:
   `rng` is the run's base key; this step would use fold_in(rng, step) (the LM loss needs none).
   """
   del rng  # deterministic objective; kept for the uniform step signature used by RL objectives
-  grad_fn = jax.value_and_grad(functools.partial(lm_loss_sums, model_config), has_aux=True)
+  value_and_grad = jax.value_and_grad(functools.partial(lm_loss_sums, model_config), has_aux=True)
+
+  def grad_fn(params, b):
+    if attention == "band":  # block-band attention where every packed example fits (train.attention)
+      return models.cond_band_attention(b.get("segment_ids_BxT"), value_and_grad, params, b)
+    return value_and_grad(params, b)
 
   if grad_accum_steps == 1:
-    (nll_sum, weight), grads = models.cond_band_attention(batch.get("segment_ids_BxT"), grad_fn, state.params, batch)
+    (nll_sum, weight), grads = grad_fn(state.params, batch)
   else:
     def accumulate(carry, microbatch):
       (nll_acc, weight_acc), grads_acc = carry
-      (nll, w), g = models.cond_band_attention(microbatch.get("segment_ids_BxT"), grad_fn, state.params, microbatch)
+      (nll, w), g = grad_fn(state.params, microbatch)
       return ((nll_acc + nll, weight_acc + w), jax.tree.map(jnp.add, grads_acc, g)), None
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     ((nll_sum, weight), grads), _ = jax.lax.scan(
@@ -154,7 +159,7 @@ def compile_train_step(model_config: ModelConfig, train_config: TrainConfig, mes
   tx = tx or make_optimizer(train_config)
   _, shardings = state_shardings(model_config, tx, mesh)
   step = functools.partial(train_step, model_config=model_config, tx=tx, schedule=make_schedule(train_config),
-                           grad_accum_steps=train_config.grad_accum_steps)
+                           grad_accum_steps=train_config.grad_accum_steps, attention=train_config.attention)
   return jax.jit(sharding.under_mesh(step, mesh),
                  in_shardings=(shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
                  out_shardings=(shardings, sharding.replicated(mesh)),
