@@ -273,14 +273,24 @@ def write_section(results: Mapping, directory: str) -> None:
             "", "![verifiers best-of-N](verifiers_best_of_n.png)"]
   with open(os.path.join(directory, "report.md"), "a", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
+  plot_variants(results, directory)
+
+
+_VARIANT_COLORS = ("tab:blue", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+
+
+def plot_variants(results: Mapping, directory: str) -> None:
+  """verifiers_best_of_n.png: best-of-N (min aggregation) of every verifier beside ORM, majority and pass@N."""
+  variants, curves = results["variants"], results["best_of_n"]
   fig = Figure(figsize=(6.5, 4.2))
   ax = fig.subplots()
   ax.plot(curves["n"], [100 * x for x in curves["pass@n"]], "k:", label="pass@N (ceiling)")
   ax.plot(curves["n"], [100 * x for x in curves["majority"]], color="tab:green", marker="o", markersize=3,
           label="majority voting")
   ax.plot(curves["n"], [100 * x for x in curves["orm"]], color="tab:orange", marker="o", markersize=3, label="ORM")
-  for name, v in variants.items():
+  for i, (name, v) in enumerate(variants.items()):
     ax.plot(v["test"]["best_of_n"]["n"], [100 * x for x in v["test"]["best_of_n"]["min"]], marker="s", markersize=3,
+            color=_VARIANT_COLORS[i % len(_VARIANT_COLORS)], linestyle="-" if i < len(_VARIANT_COLORS) else "--",
             label=f"{name} (min)")
   ax.set_xscale("log", base=2)
   ax.set_xlabel("N (samples per problem)")
