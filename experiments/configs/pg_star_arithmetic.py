@@ -74,6 +74,9 @@ SWEEPS = {
     # outcome-only vs + dense step reward, exact (the verifier) or learned (experiments/prm_arithmetic/'s PRM)
     "process_reward": [{"rl.process_reward": 0.0}, {"rl.process_reward": 1.0},
                        {"rl.process_reward": 1.0, "rl.process_reward_model": "runs/prm_arithmetic/prm"}],
+    # per-step credit for the exact step reward (star_jax/pg/credit.py): summed per response, reward-to-go, GAE
+    "credit": [{"rl.process_reward": 1.0}, {"rl.process_reward": 1.0, "rl.credit": "reward_to_go"},
+               {"rl.process_reward": 1.0, "rl.credit": "gae", "rl.advantage": "none"}],
     "adaptive_kl": [{"rl.kl_coef": 0.05, "rl.kl_target": t} for t in (0.5, 2.0)],
     "ppo": [{"rl.ppo_epochs": 2, "rl.minibatches": 4, "rl.clip_eps": 0.2},
             {"rl.ppo_epochs": 4, "rl.minibatches": 4, "rl.clip_eps": 0.2}],
