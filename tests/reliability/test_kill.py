@@ -44,7 +44,7 @@ SLOW = {
     "prm": ["ckpt:policy/checkpoints/4:1", "write:run/reward_samples.jsonl:1", "write:run/mc_agreement.json:1",
             "ckpt:orm/checkpoints/2:1", "write:run/test_scores.json:1", "write:run/report.md:1"],
 }
-RANDOM_KILLS = {"star": 3, "pg": 2, "prm": 2}  # slow tier: at seeded random fractions of the reference's wall time
+RANDOM_KILLS = {"star": 3, "pg": 2, "prm": 2}  # slow tier: at seeded random fractions of a warm run's wall time
 
 
 def describe(point: str) -> str:
@@ -179,13 +179,20 @@ def test_killed_in_every_phase_resumes_to_the_uninterrupted_result(loop, shared,
 @pytest.mark.parametrize("loop", ["star", "pg", "prm"])
 def test_kill_sweep_at_every_event_and_seeded_random_moments(loop, shared, tmp_path, fault_table):
   """Every event point of SLOW in one chain; then, in a second workdir, RANDOM_KILLS[loop] kills at seeded
-  random fractions (10-90%) of the reference run's wall time (each counted from its process's start)."""
+  random fractions (5-60%) of the wall time of an uninterrupted run with a warm compilation cache (each
+  counted from its process's start; a run that finishes first is not counted)."""
   reference = shared["reference"](loop)
   killed = kill_chain(loop, SLOW[loop], tmp_path / "events" / "run", shared)
   assert killed == SLOW[loop]
   assert_same_results(loop, tmp_path / "events" / "run", reference["workdir"])
+  t0 = time.perf_counter()
+  out = runs.launch(runs.command(loop, tmp_path / "warm" / "run", shared["data"]), shared["cache"])
+  assert out.returncode == 0, out.stdout[-3000:]
+  warm_seconds = time.perf_counter() - t0
   rng = random.Random(f"kill-sweep-{loop}")
-  moments = [f"time:{rng.uniform(0.1, 0.9) * reference['seconds']:.2f}" for _ in range(RANDOM_KILLS[loop])]
-  killed += kill_chain(loop, moments, tmp_path / "random" / "run", shared)
+  moments = [f"time:{rng.uniform(0.05, 0.6) * warm_seconds:.2f}" for _ in range(RANDOM_KILLS[loop])]
+  at_random = kill_chain(loop, moments, tmp_path / "random" / "run", shared)
+  assert at_random, f"no random moment ({moments}) came before its run finished"
   assert_same_results(loop, tmp_path / "random" / "run", reference["workdir"])
+  killed += at_random
   _record(fault_table, loop, killed)
