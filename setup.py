@@ -29,7 +29,8 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "portpicker>=1.6", "ruff>=0.6", "hypothesis>=6.100"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "portpicker>=1.6",
+                 "ruff>=0.6", "hypothesis>=6.100"],
         # torch==2.13.0 is the CPU build kept on these machines' disk; an unpinned torch pulls CUDA.
         "hf": ["torch==2.13.0", "transformers>=4.45"],
     },
