@@ -32,8 +32,8 @@ import jax
 import numpy as np
 from matplotlib.figure import Figure
 
-from star_jax import checkpoint, evaluate, host_malloc, io, sampling, sharding, train
 from star_jax import config as config_lib
+from star_jax import evaluate, host_malloc, io, sampling, sharding, train
 from star_jax.data import CharTokenizer, arithmetic, verifiers
 from star_jax.data.arithmetic import Problem
 from star_jax.data.tasks import ArithmeticTask
@@ -174,26 +174,8 @@ def _policy(cfg: PRMStudyConfig, workdir: str, mesh, pools) -> object:
 
 def train_reward_model(cfg: PRMStudyConfig, mesh, directory: str, examples, head_config: HeadConfig, trunk_params):
   """Train (or resume / load) a reward model from `trunk_params` on encoded examples; returns params."""
-  rc = cfg.reward_train
-  tx = train.make_optimizer(rc)
-  abstract, _ = prm_train.reward_state_shardings(cfg.model, head_config, tx, mesh)
-  last = {}
-  with checkpoint.Checkpointer(os.path.join(directory, "checkpoints"), keep=cfg.checkpoint.keep) as ckpt:
-    batches = iter(prm_train.make_reward_dataset(examples, batch_size=rc.batch_size // jax.process_count(),
-                                                 seq_len=rc.seq_len, seed=rc.seed))
-    if ckpt.latest_step() is not None:
-      state, data_state = ckpt.restore(abstract)
-      batches.set_state(data_state)
-    else:
-      state = prm_train.create_reward_state(cfg.model, head_config, tx, mesh, rc.seed, trunk_params=trunk_params)
-    if int(state.step) < rc.steps:
-      step_fn = prm_train.compile_reward_train_step(cfg.model, head_config, rc, prm_train.RewardObjective(), mesh, tx)
-      state = train.train_loop(state, step_fn, batches, mesh, num_steps=rc.steps, checkpointer=ckpt,
-                               checkpoint_config=cfg.checkpoint, log_every=rc.log_every,
-                               description=os.path.basename(directory), on_log=lambda s, m: last.update(m))
-      io.write_json(os.path.join(directory, "train.json"), {"steps": rc.steps, "final": last})
-  prm_train.save_spec(directory, cfg.model, head_config, rc)  # makes the directory loadable (rl.process_reward_model)
-  return state.params
+  return prm_train.fine_tune_reward_model(cfg.model, head_config, cfg.reward_train, cfg.checkpoint, mesh, directory,
+                                          examples, trunk_params, description=os.path.basename(directory))
 
 
 def _cached_jsonl(path: str, make) -> list[dict]:

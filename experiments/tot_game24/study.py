@@ -258,26 +258,8 @@ def reward_examples(records: Sequence[Mapping]) -> list[dict]:
 
 def train_prm(cfg: ToTStudyConfig, mesh, directory: str, examples, trunk_params):
   """The PRM (one binary process head on the policy's trunk) trained on `examples` (resumes; a finished one loads)."""
-  rc, head = cfg.reward_train, HeadConfig(prm_classes=1)
-  tx = train.make_optimizer(rc)
-  abstract, _ = prm_train.reward_state_shardings(cfg.model, head, tx, mesh)
-  last = {}
-  with checkpoint.Checkpointer(os.path.join(directory, "checkpoints"), keep=cfg.checkpoint.keep) as ckpt:
-    batches = iter(prm_train.make_reward_dataset(examples, batch_size=rc.batch_size // jax.process_count(),
-                                                 seq_len=rc.seq_len, seed=rc.seed))
-    if ckpt.latest_step() is not None:
-      state, data_state = ckpt.restore(abstract)
-      batches.set_state(data_state)
-    else:
-      state = prm_train.create_reward_state(cfg.model, head, tx, mesh, rc.seed, trunk_params=trunk_params)
-    if int(state.step) < rc.steps:
-      step_fn = prm_train.compile_reward_train_step(cfg.model, head, rc, prm_train.RewardObjective(), mesh, tx)
-      state = train.train_loop(state, step_fn, batches, mesh, num_steps=rc.steps, checkpointer=ckpt,
-                               checkpoint_config=cfg.checkpoint, log_every=rc.log_every, description="prm",
-                               on_log=lambda s, m: last.update(m))
-      io.write_json(os.path.join(directory, "train.json"), {"steps": rc.steps, "final": last})
-  prm_train.save_spec(directory, cfg.model, head, rc)
-  return state.params
+  return prm_train.fine_tune_reward_model(cfg.model, HeadConfig(prm_classes=1), cfg.reward_train, cfg.checkpoint, mesh,
+                                          directory, examples, trunk_params, description="prm")
 
 
 def step_auc(cfg: ToTStudyConfig, mesh, prm_dir: str, records: Sequence[Mapping]) -> dict:

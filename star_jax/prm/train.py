@@ -211,6 +211,37 @@ def pad_examples(examples: Sequence[Mapping[str, np.ndarray]], seq_len: int) -> 
   return out
 
 
+def fine_tune_reward_model(model_config: ModelConfig, head_config: HeadConfig, train_config: config_lib.TrainConfig,
+                           checkpoint_config: config_lib.CheckpointConfig, mesh: Mesh, directory: str,
+                           examples: Sequence[Mapping[str, np.ndarray]], trunk_params, *, description: str = "reward"):
+  """Train a reward model on encoded examples (`prm.steps.encode_labelled_text`) from `trunk_params`, resumably.
+
+  The reward-model analogue of `train.fine_tune`: checkpoints and the data-iterator position go to
+  `<directory>/checkpoints` (a killed run resumes where it stopped; a finished one only loads), the last logged
+  metrics to `<directory>/train.json`, and `save_spec` makes the directory loadable by `load_reward_model`
+  (e.g. as `rl.process_reward_model`). Returns the trained params.
+  """
+  tx = train.make_optimizer(train_config)
+  abstract, _ = reward_state_shardings(model_config, head_config, tx, mesh)
+  last = {}
+  with checkpoint.Checkpointer(os.path.join(directory, "checkpoints"), keep=checkpoint_config.keep) as ckpt:
+    batches = iter(make_reward_dataset(examples, batch_size=train_config.batch_size // jax.process_count(),
+                                       seq_len=train_config.seq_len, seed=train_config.seed))
+    if ckpt.latest_step() is not None:
+      state, data_state = ckpt.restore(abstract)
+      batches.set_state(data_state)
+    else:
+      state = create_reward_state(model_config, head_config, tx, mesh, train_config.seed, trunk_params=trunk_params)
+    if int(state.step) < train_config.steps:
+      step_fn = compile_reward_train_step(model_config, head_config, train_config, RewardObjective(), mesh, tx)
+      state = train.train_loop(state, step_fn, batches, mesh, num_steps=train_config.steps, checkpointer=ckpt,
+                               checkpoint_config=checkpoint_config, log_every=train_config.log_every,
+                               description=description, on_log=lambda s, m: last.update(m))
+      io.write_json(os.path.join(directory, "train.json"), {"steps": train_config.steps, "final": last})
+  save_spec(directory, model_config, head_config, train_config)
+  return state.params
+
+
 # ---- reward-model directories ----
 
 def save_spec(directory: str, model_config: ModelConfig, head_config: HeadConfig, train_config) -> None:
