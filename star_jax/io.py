@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 
 import jax
@@ -111,3 +112,21 @@ def phase_key(seed: int, iteration: int, phase: int) -> jax.Array:
 def phase_seed(seed: int, iteration: int, phase: int) -> int:
   """An int seed (grain shuffling, state init) of (seed, iteration, phase)."""
   return int(np.random.default_rng([seed, iteration, phase]).integers(2**31 - 1))
+
+
+def phase_timer(path: str):
+  """`timed(name, fn)`: run fn() and record its wall time under `name` in the JSON file `path`, once: a
+  resumed run keeps the first (real) timing of a phase it only reloads from cache. `timed.timings` is the
+  {name: seconds} dict."""
+  timings = read_json(path) if os.path.exists(path) else {}
+
+  def timed(name: str, fn):
+    t0 = time.perf_counter()
+    out = fn()
+    if name not in timings:
+      timings[name] = time.perf_counter() - t0
+      write_json(path, timings)
+    return out
+
+  timed.timings = timings
+  return timed

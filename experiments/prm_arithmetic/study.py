@@ -25,7 +25,6 @@ import dataclasses
 import json
 import os
 import shutil
-import time
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -281,15 +280,7 @@ def run(cfg: PRMStudyConfig, workdir: str, results_dir: str | None = None) -> di
   os.makedirs(workdir, exist_ok=True)
   pools = problem_pools(s)
   timings_path = os.path.join(workdir, "timings.json")
-  timings = io.read_json(timings_path) if os.path.exists(timings_path) else {}
-
-  def timed(name, fn):
-    t0 = time.perf_counter()
-    out = fn()
-    if name not in timings:
-      timings[name] = time.perf_counter() - t0
-      io.write_json(timings_path, timings)
-    return out
+  timed = io.phase_timer(timings_path)
 
   key = jax.random.key(s.seed)
   policy = timed("policy", lambda: _policy(cfg, workdir, mesh, pools))
@@ -340,7 +331,7 @@ def run(cfg: PRMStudyConfig, workdir: str, results_dir: str | None = None) -> di
                             "steps": int(reward_labels.size),
                             "positive_step_fraction": float(reward_labels.mean()) if reward_labels.size else None}
   results["mc_agreement"] = io.read_json(mc_path) if os.path.exists(mc_path) else None
-  results["timings_seconds"] = timings
+  results["timings_seconds"] = timed.timings
   results["config"] = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
   io.write_json(os.path.join(workdir, "results.json"), results)
   write_report(results, workdir)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import time
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -140,15 +139,7 @@ def run(cfg: study.PRMStudyConfig, workdir: str, results_dir: str | None = None)
   vdir = os.path.join(workdir, "verifiers")
   os.makedirs(vdir, exist_ok=True)
   timings_path = os.path.join(vdir, "timings.json")
-  timings = io.read_json(timings_path) if os.path.exists(timings_path) else {}
-
-  def timed(name, fn):
-    t0 = time.perf_counter()
-    out = fn()
-    if name not in timings:
-      timings[name] = time.perf_counter() - t0
-      io.write_json(timings_path, timings)
-    return out
+  timed = io.phase_timer(timings_path)
 
   examples = {split: [encode(r) for r in rs] for split, rs in records.items() if rs}
   seq_len = -(-max(len(e["inputs"]) for exs in examples.values() for e in exs) // 16) * 16
@@ -223,7 +214,7 @@ def run(cfg: study.PRMStudyConfig, workdir: str, results_dir: str | None = None)
   out["variants"] = variants
   out["orm_text_ranked_first"] = _orm_ranked_first(workdir, records["test"], s.test_samples)
   out["fitted"] = fitted
-  out["verifier_timings_seconds"] = timings
+  out["verifier_timings_seconds"] = timed.timings
   io.write_json(os.path.join(workdir, "results.json"), out)
   study.write_report(out, workdir)
   write_section(out, workdir)
