@@ -39,7 +39,7 @@ from star_jax.data.tasks import ArithmeticTask, Example
 
 HAS_GAME24 = importlib.util.find_spec("star_jax.data.game24") is not None
 if HAS_GAME24:
-  from star_jax.data import game24
+  from star_jax.data import game24, game24_text
 
 FAST_EXAMPLES = 300
 FAST_RECORDS = 150  # structured records are slower to generate than texts
@@ -111,7 +111,7 @@ if HAS_GAME24:
       "Game24Task.step_correct": (lambda t: GAME24_TASK.step_correct(GAME24_EX, t), lambda x: isinstance(x, list)),
   }
 
-PARSER_MODULES = [arithmetic, verifiers, gsm8k, commonsense_qa, prm800k, jsonl] + ([game24] if HAS_GAME24 else [])
+PARSER_MODULES = [arithmetic, verifiers, gsm8k, commonsense_qa, prm800k, jsonl] + ([game24, game24_text] if HAS_GAME24 else [])
 
 # ---- strategies: parser-shaped pieces, junk, and long runs of one piece ----
 
