@@ -336,10 +336,11 @@ def summary_row(member: Member, records: Sequence[Mapping]) -> dict:
   if not records:
     return row
   last = records[-1]
-  best = max(records, key=lambda r: r["acc_train_lengths"])
-  row.update({"final_iteration": last["iteration"], "acc_train_lengths": last["acc_train_lengths"],
-              "acc_overall": last["acc_overall"], "best_iteration": best["iteration"],
-              "best_acc_train_lengths": best["acc_train_lengths"]})
+  headline = lambda r: r.get("acc_train_lengths", r.get("acc_overall"))  # noqa: E731 (tasks without lengths: overall)
+  best = max(records, key=headline)
+  row.update({"final_iteration": last["iteration"], "acc_train_lengths": headline(last),
+              "acc_overall": last.get("acc_overall"), "best_iteration": best["iteration"],
+              "best_acc_train_lengths": headline(best)})
   row.update({f"acc_{k}digit": last[f"acc_{k}digit"] for k in star_report.accuracy_lengths(last)})
   row.update({k: v for k, v in last.items() if k.startswith("kept_")})
   row["seconds_total"] = _seconds(records)
@@ -357,7 +358,8 @@ def markdown_table(rows: Sequence[Mapping], max_train_digits: int) -> str:
     cells = [f"`{r['member']}`", iters, pct(r.get("acc_train_lengths")), str(r.get("best_iteration", "–")),
              pct(r.get("best_acc_train_lengths")), pct(r.get("acc_overall"))]
     cells += [pct(r.get(f"acc_{k}digit")) for k in lengths]
-    cells += [str(r.get("kept_generated", "–")), str(r.get("kept_rationalized", "–")),
+    cells += [str(r.get("kept_generated", "–")), str(r.get("kept_rationalized", "–")) + (
+              f" (+{r['kept_searched']} searched)" if "kept_searched" in r else ""),
               "–" if "seconds_total" not in r else f"{r['seconds_total']:.0f}"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
@@ -369,7 +371,8 @@ def plot(histories: Mapping[str, Sequence[Mapping]], max_train_digits: int, path
   ax = fig.subplots()
   for name, records in histories.items():
     if records:
-      ax.plot([r["iteration"] for r in records], [100 * r["acc_train_lengths"] for r in records], marker="o",
+      ax.plot([r["iteration"] for r in records], [100 * r.get("acc_train_lengths", r.get("acc_overall")) for r in records],
+              marker="o",
               markersize=3, label=name)
   ax.set_xlabel("STaR iteration (0 = base model)")
   ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -24,19 +24,22 @@ from star_jax.data import tasks
 from star_jax.models import hf
 from star_jax.models.config import ModelConfig
 
-# The local files each task's TFDS builder reads (config.data.<split>_path); arithmetic generates its data.
-TASK_PATHS = {"arithmetic": (), "gsm8k": ("train_path", "test_path"),
+# The local files each task's TFDS builder reads (config.data.<split>_path); arithmetic and the Game of 24
+# generate their data.
+TASK_PATHS = {"arithmetic": (), "game24": (), "gsm8k": ("train_path", "test_path"),
               "commonsense_qa": ("train_path", "validation_path", "test_path", "few_shot_path")}
+GENERATED_TASKS = tuple(t for t, paths in TASK_PATHS.items() if not paths)
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  task: str = "arithmetic"  # a registered task (star_jax.data.tasks.get_task): arithmetic, gsm8k, commonsense_qa
+  task: str = "arithmetic"  # a registered task (star_jax.data.tasks.get_task): arithmetic, game24, gsm8k, commonsense_qa
   data_dir: str = ""  # TFDS data dir; "" means <workdir>/data
   train_path: str = ""  # gsm8k / commonsense_qa: the user's local train JSONL (STaR's D); required for them
   validation_path: str = ""  # commonsense_qa: the labeled dev JSONL ("" = none)
   test_path: str = ""  # gsm8k / commonsense_qa: the test JSONL ("" = none)
   few_shot_path: str = ""  # commonsense_qa: exemplars with a "rationale" on every line ("" = none)
+  test_size: int = 0  # game24: held-out puzzles evaluated, the first of game24.split()'s test list (0 = all 362)
   # the digit fields below apply to the arithmetic task only
   max_train_digits: int = 5  # training operands have 1..max_train_digits digits
   max_test_digits: int = 8  # held-out splits for 1..max_test_digits (length generalisation beyond train)
@@ -52,12 +55,13 @@ class DataConfig:
     for key in ("train_path", "validation_path", "test_path", "few_shot_path"):
       require(key in TASK_PATHS[self.task] or not getattr(self, key), f"data.{key}", getattr(self, key),
                f"is not read by the {self.task} task (it reads {list(TASK_PATHS[self.task]) or 'no files'})")
-    require(self.task == "arithmetic" or bool(self.train_path), "data.train_path", self.train_path,
+    require(self.task in GENERATED_TASKS or bool(self.train_path), "data.train_path", self.train_path,
              f"is required for the {self.task} task (a local JSONL file; nothing is downloaded)")
     require(1 <= self.max_train_digits <= self.max_test_digits, "data.max_train_digits", self.max_train_digits,
              f"must be in [1, data.max_test_digits={self.max_test_digits}]")
     for key in ("rationales_per_digit", "questions_per_digit", "test_per_digit"):
       require(getattr(self, key) > 0, f"data.{key}", getattr(self, key), "must be > 0")
+    require(self.test_size >= 0, "data.test_size", self.test_size, "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

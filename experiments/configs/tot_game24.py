@@ -23,19 +23,20 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # there); only what this study changes is set below. The model keeps ModelConfig's defaults (4 layers,
   # d_model 128: the prototype of DESIGN.md §5).
   c = config.default_config(study.ToTStudyConfig)
-  # Sized for a shared, busy 2-core CPU (~2.5 s per base-model step with 8 processes on it): ~60 min.
+  # ~30 min of base-model training on a quiet 2-core CPU (3.4 steps/s: ~21 M token slots).
   c.policy_train.batch_size = 16  # packed rows of ~2 seed examples
   c.policy_train.seq_len = 256  # tokens per row (a seed example is ~115 characters)
-  c.policy_train.steps = 1400  # the lr schedule's length
+  c.policy_train.steps = 6000
   c.reward_train.batch_size = 16
   c.reward_train.seq_len = 256
   c.reward_train.steps = 150  # ~2 epochs of the ~2,200 training samples
   c.reward_train.lr = 1e-3  # the trunk starts from the policy
   c.reward_train.warmup_steps = 30
-  c.checkpoint.every_steps = 200  # save interval (and at the end): a killed run resumes
+  c.checkpoint.every_steps = 500  # save interval (and at the end): a killed run resumes
   c.checkpoint.keep = 1
-  c.study.policy_stop_step = 1000  # the base model is step 1,000 of that schedule (lr at 30% of peak): CPU time
-  c.study.seed_examples = 60_000  # > the ~31k examples 1,400 steps of 16 packed rows read: every walk is new
+  c.study.seed_examples = 200_000  # > the ~210k examples 6,000 steps of 16 packed rows read: ~1 epoch
+  c.study.temperature = 0.7  # CoT and reward-data sampling at the ToT paper's temperature (Yao et al. 2023 use 0.7)
+  c.search.temperature = 0.7  # ToT step sampling, likewise
   c.study.cot_samples = 32  # CoT best-of-k for k = 1..32 (the issue asks up to 100: CPU time; ToT b=5 n=5 costs ~14)
   c.study.reward_puzzles = 600  # x 4 samples (every 10th puzzle validates only)
   c.study.tot = ((5, 5), (1, 5))
@@ -47,7 +48,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if arg == "demo":
     c.model.d_model, c.model.n_layers = 64, 2
     c.policy_train.steps, c.policy_train.batch_size = 500, 16
-    c.study.policy_stop_step = 0  # the whole schedule
     c.reward_train.steps, c.reward_train.batch_size = 120, 16
     c.checkpoint.every_steps = 100
     c.study.seed_examples = 20_000
@@ -60,7 +60,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   elif arg == "tiny":
     c.model.d_model, c.model.n_layers, c.model.n_heads = 32, 1, 2
     c.policy_train.steps, c.policy_train.batch_size, c.policy_train.warmup_steps = 4, 8, 1
-    c.study.policy_stop_step = 0
     c.reward_train.steps, c.reward_train.batch_size, c.reward_train.warmup_steps = 3, 8, 1
     c.policy_train.log_every = c.reward_train.log_every = 1
     c.checkpoint.every_steps = 2

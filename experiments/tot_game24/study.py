@@ -55,6 +55,7 @@ class StudyConfig:
   split_seed: int = game24.SPLIT_SEED  # game24.split: train (seed set, reward data) / held-out test puzzles
   seed_examples: int = 150_000  # size of the base model's seed set (game24_seed.seed_set; facts/walks/solved)
   policy_stop_step: int = 0  # > 0: the base model is the checkpoint at this step of policy_train.steps's schedule
+  hinted_fraction: float = 0.2  # of the seed walks / solved examples shown with their own expression as a hint
   test_puzzles: int = 200  # held-out test puzzles compared on (the first of the split's test list)
   temperature: float = 1.0  # CoT sampling and reward-data sampling (the search has its own)
   cot_samples: int = 100  # K samples per test puzzle: CoT best-of-k for k = 1..K
@@ -73,6 +74,8 @@ class StudyConfig:
         raise ValueError(f"config.study.{key} must be > 0, got {getattr(self, key)}")
     if self.temperature <= 0:
       raise ValueError(f"config.study.temperature must be > 0 (sampling), got {self.temperature}")
+    if not 0 <= self.hinted_fraction <= 1:
+      raise ValueError(f"config.study.hinted_fraction must be in [0, 1], got {self.hinted_fraction}")
     if self.policy_stop_step < 0:
       raise ValueError(f"config.study.policy_stop_step must be >= 0, got {self.policy_stop_step}")
     if self.auc_samples > self.cot_samples:
@@ -119,7 +122,8 @@ def base_model(cfg: ToTStudyConfig, workdir: str, mesh):
   s, tc = cfg.study, cfg.policy_train
   if os.path.exists(os.path.join(directory, "train.json")):
     return train.restore_params(cfg.model, tc, mesh, directory, keep=cfg.checkpoint.keep)
-  examples = game24_seed.training_pairs(game24_seed.seed_set(puzzles(s)["train"], s.seed_examples, s.seed))
+  examples = game24_seed.training_pairs(game24_seed.seed_set(puzzles(s)["train"], s.seed_examples, s.seed),
+                                        hinted_fraction=s.hinted_fraction, seed=s.seed)
   if not 0 < s.policy_stop_step < tc.steps:
     params, _ = train.fine_tune(cfg.model, tc, cfg.checkpoint, mesh, CharTokenizer(), examples, None, tc.steps, directory,
                                 pack=True, data_seed=s.seed, init_seed=tc.seed, description="policy")
@@ -339,6 +343,8 @@ def _check_config(cfg: ToTStudyConfig, workdir: str) -> None:
   path = os.path.join(workdir, CONFIG_FILE)
   fixed = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("model", "policy_train", "reward_train")}
   fixed["seed_set"] = [cfg.study.seed, cfg.study.split_seed, cfg.study.seed_examples, cfg.study.policy_stop_step]
+  if cfg.study.hinted_fraction:  # (absent from workdirs made before hinted seed examples)
+    fixed["seed_set"].append(cfg.study.hinted_fraction)
   fixed = json.loads(json.dumps(fixed))
   if os.path.exists(path):
     saved = io.read_json(path)

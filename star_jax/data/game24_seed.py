@@ -134,7 +134,25 @@ def seed_set(train: Sequence[Puzzle], size: int, seed: int, mixture: Mapping[str
   return [examples[i] for i in order]
 
 
-def training_pairs(examples: Iterable[Example]) -> list[dict]:
-  """{"prompt", "target"} per example (the records STaR trains on): `Game24Task().prompt` and `.target`."""
+def training_pairs(examples: Iterable[Example], hinted_fraction: float = 0.0, seed: int = 0) -> list[dict]:
+  """{"prompt", "target"} per example (the records STaR trains on): `Game24Task().prompt` and `.target`.
+
+  With `hinted_fraction` > 0, that fraction of the walks and solved examples (chosen by `seed`) get the hinted
+  prompt of STaR's rationalization step instead, with the example's OWN Answer expression as the hint
+  (`game24.hint_prompt`: 'Input: 3 4 9 13' / 'Hint: (13 - 9) * 3 + 4' / 'Steps:'): the base model learns to turn
+  a given expression into legal steps, so that rationalization has a format to follow (as the arithmetic base
+  model sees hinted scratchpads). A walk's hint is its own expression, 24 or not: no puzzle's solution is given
+  away beyond the solved subset.
+  """
+  if not 0 <= hinted_fraction <= 1:
+    raise ValueError(f"game24_seed: hinted_fraction must be in [0, 1], got {hinted_fraction}")
   task = game24.Game24Task()
-  return [{"prompt": task.prompt(e), "target": task.target(e)} for e in examples]
+  rng = np.random.default_rng([seed, 6])
+  out = []
+  for e in examples:
+    prompt = task.prompt(e)
+    hintable = e.id.startswith(("walk:", "solved:"))
+    if hintable and rng.random() < hinted_fraction:
+      prompt = game24.hint_prompt(e.question, game24.answer_expression(e.rationale))
+    out.append({"prompt": prompt, "target": task.target(e)})
+  return out

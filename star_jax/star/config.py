@@ -14,6 +14,7 @@ import ml_collections
 
 from star_jax.config import TASK_PATHS, ExperimentConfig, ModelConfig, from_mapping, model_from_hf, require
 from star_jax.config import default_config as config_default
+from star_jax.search import SearchConfig, ValueConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,16 +35,24 @@ class StarConfig:
   one_digit_repeats: int = 1  # base model: the 81 one-digit seed problems appear this many times (keeps their share)
   carry_fact_digits: int = 0  # base model: + split problems of 2..this many digits showing every x+y+carry (0: none)
   seed_steps: int = 500  # base model: training steps on the seed examples (unused with model.hf_path)
+  base_dir: str = ""  # a trained base model's directory (checkpoints/ + train.json, e.g. a tot_game24 study's policy/)
+  search: bool = False  # phase 3b: Tree-of-Thoughts search (the `search` and `value` sections) for questions still failed
+  search_chunk: int = 256  # questions searched per saved chunk (a killed search phase resumes at its first unsaved chunk)
+  eval_samples: int = 0  # held-out: also this many samples per question at eval_temperature (pass@1, pass@k; 0 = off)
+  eval_temperature: float = 0.7  # held-out sampling temperature (eval_samples)
+  eval_search: bool = False  # held-out: also the same ToT search with M_n (success, tokens per question)
   seed: int = 0  # every rng of the loop derives from (seed, iteration, phase)
 
   def __post_init__(self):
     for key in ("iterations", "base_steps", "max_new_tokens", "generate_batch_size"):
       require(getattr(self, key) > 0, f"star.{key}", getattr(self, key), "must be > 0")
-    for key in ("num_shots", "seed_steps"):
+    for key in ("num_shots", "seed_steps", "eval_samples"):
       require(getattr(self, key) >= 0, f"star.{key}", getattr(self, key), "must be >= 0")
     require(self.growth > 0, "star.growth", self.growth, "must be > 0")
     require(0 < self.fraction_of_D <= 1, "star.fraction_of_D", self.fraction_of_D, "must be in (0, 1]")
     require(self.temperature >= 0, "star.temperature", self.temperature, "must be >= 0")
+    require(self.eval_temperature > 0, "star.eval_temperature", self.eval_temperature, "must be > 0 (sampling)")
+    require(self.search_chunk > 0, "star.search_chunk", self.search_chunk, "must be > 0")
     require(self.seed_per_digit >= 0, "star.seed_per_digit", self.seed_per_digit, "must be >= 0")
     require(self.one_digit_repeats >= 1, "star.one_digit_repeats", self.one_digit_repeats, "must be >= 1")
     require(self.carry_fact_digits == 0 or self.carry_fact_digits >= 2, "star.carry_fact_digits",
@@ -61,11 +70,18 @@ class StarExperimentConfig(ExperimentConfig):
   """
   kind: str = "star"
   star: StarConfig = dataclasses.field(default_factory=StarConfig)
+  search: SearchConfig = dataclasses.field(default_factory=SearchConfig)  # ToT settings (star.search, star.eval_search)
+  value: ValueConfig = dataclasses.field(default_factory=ValueConfig)  # the search's state value (prm: reward_model_dir)
   hf_path: str = ""
 
   def __post_init__(self):
     super().__post_init__()
     arithmetic = self.data.task == "arithmetic"
+    searching = self.star.search or self.star.eval_search
+    require(not searching or self.value.kind != "prm" or bool(self.value.reward_model_dir), "value.reward_model_dir",
+             self.value.reward_model_dir, "is required by a search valued by a process reward model (value.kind='prm')")
+    require(not searching or self.data.task == "game24", "star.search", self.star.search,
+             "needs a task with step lines and exact step checks (game24)")
     if arithmetic:
       require(self.star.seed_per_digit <= self.data.rationales_per_digit, "star.seed_per_digit",
                self.star.seed_per_digit,
@@ -75,13 +91,21 @@ class StarExperimentConfig(ExperimentConfig):
                (self.star.num_shots, self.eval.num_shots),
                "must be 0 for arithmetic (its base model is fine-tuned on seed scratchpads instead)")
       require(self.eval.split == "test", "eval.split", self.eval.split, "must be 'test' for arithmetic")
+    elif self.data.task == "game24":
+      require(bool(self.star.base_dir) and not self.hf_path, "star.base_dir", self.star.base_dir,
+               "is required for the game24 task (a base model trained on the seed set: experiments/tot_game24)")
+      require(self.eval.split == "test", "eval.split", self.eval.split, "must be 'test' for game24")
+      require(self.star.num_shots == 0 and self.eval.num_shots == 0, "star.num_shots/eval.num_shots",
+               (self.star.num_shots, self.eval.num_shots), "must be 0 for game24")
+      require(not self.star.mix_seed, "star.mix_seed", self.star.mix_seed, "applies to arithmetic only")
     else:
       require(bool(self.hf_path), "model.hf_path", self.hf_path,
                f"is required for the {self.data.task} task (the base model is a pretrained checkpoint)")
       require(f"{self.eval.split}_path" in TASK_PATHS[self.data.task], "eval.split", self.eval.split,
                f"is not a split of the {self.data.task} task")
       require(not self.star.mix_seed, "star.mix_seed", self.star.mix_seed, "applies to arithmetic only")
-    require(bool(self.hf_path) or self.star.seed_steps > 0, "star.seed_steps", self.star.seed_steps,
+    require(bool(self.hf_path) or bool(self.star.base_dir) or self.star.seed_steps > 0, "star.seed_steps",
+             self.star.seed_steps,
              "must be > 0 to train the base model (or give model.hf_path)")
 
 

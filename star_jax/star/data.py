@@ -38,7 +38,7 @@ from star_jax.data.tasks import ArithmeticTask, Example, Task, cut_at_stop
 Generate = Callable[[Sequence[str], int, jax.Array], list[str]]
 
 # Phase ids: every rng of the loop is derived from (config seed, iteration, phase) (star_jax.io.phase_key).
-SUBSAMPLE, GENERATE, RATIONALIZE, TRAIN_DATA, TRAIN_INIT = range(5)
+SUBSAMPLE, GENERATE, RATIONALIZE, TRAIN_DATA, TRAIN_INIT, SEARCH, EVAL_EXTRA = range(7)
 
 
 

@@ -6,7 +6,10 @@ Algorithm 1. Given a base model M and questions D = {(x_i, y_i)} without rationa
   2. keep D_n = {(x_i, r_i, y_i) : 1(ŷ_i = y_i)};
   3. rationalize: for the failures, generate (r_i^rat, ŷ_i^rat) ~ M_{n-1}(x_i + hint(y_i)) and keep
      D_n^rat = {(x_i, r_i^rat, y_i) : 1(ŷ_i^rat = y_i)}, saved WITHOUT the hint (plain prompt x_i);
-  4. M_n = train(M, D_n ∪ D_n^rat) for ceil(base_steps * growth^(n-1)) steps, always FROM THE BASE MODEL M
+  3b. search (`star.search`, star/search_phase.py): for the questions still failed, a Tree-of-Thoughts search
+     with M_{n-1} valued by the `value` section; found trajectories 1(ŷ = y) are kept as D_n^search, saved as
+     ordinary rationales (plain prompt, no search trace);
+  4. M_n = train(M, D_n ∪ D_n^rat ∪ D_n^search) for ceil(base_steps * growth^(n-1)) steps, always FROM THE BASE MODEL M
      (`restart_from_base=False` continues from M_{n-1}, an ablation);
   5. evaluate M_n on held-out questions (greedy accuracy, overall and per group: digit length for arithmetic).
 
@@ -22,6 +25,8 @@ exists, so a killed run re-started with the same command ends with the same para
   iter_0/eval.json                 the base model's held-out accuracy
   iter_<n>/generated.jsonl         every generation of step 1, with `correct` (star/data.py: record format)
   iter_<n>/rationalized.jsonl      every hinted generation of step 3 (prompt = the plain prompt)
+  iter_<n>/searched.jsonl          every searched question of step 3b, with its cost (search/chunk_<k>.jsonl
+                                   while it runs: a killed search resumes at its first unsaved chunk)
   iter_<n>/checkpoints/, train.json  step 4 (the Checkpointer resumes mid-training; train.json marks the end)
   iter_<n>/eval.json               step 5
   iter_<n>/timings.json            wall time of the generation phases (written just before their outputs)
@@ -34,7 +39,8 @@ final checkpoint no longer restores is trained again from the newest checkpoint 
 
 Every rng derives from (star.seed, iteration, phase) (io.phase_key / phase_seed). The base model
 comes from the caller: `base_params` loads config.model.hf_path, or (arithmetic) `make_base_model` trains
-one on seed scratchpads disjoint from D and the test sets.
+one on seed scratchpads disjoint from D and the test sets; `star.base_dir` names a base model trained elsewhere
+(game24: the tot_game24 study's policy/).
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from absl import logging
 from star_jax import checkpoint, config, evaluate, io, metrics, sampling, sharding, train
 from star_jax.star import data as sd
 from star_jax.star import report as star_report
+from star_jax.star import search_phase
 from star_jax.star import tasks as star_tasks
 from star_jax.star.config import StarConfig, StarExperimentConfig
 
@@ -144,10 +151,18 @@ def load_iteration_params(cfg: StarExperimentConfig, workdir: str, iteration: in
 
 
 def base_params(cfg: StarExperimentConfig, workdir: str):
-  """The base model M: the weights of config.model.hf_path, or (arithmetic) `make_base_model`'s."""
+  """The base model M: the weights of config.model.hf_path, of star.base_dir, or (arithmetic) `make_base_model`'s."""
   if cfg.hf_path:
     return star_tasks.load_hf_base(cfg, star_tasks.tokenizer_and_mesh(cfg)[1])
   return make_base_model(cfg, workdir)
+
+
+def _restore_base_dir(cfg: StarExperimentConfig):
+  """The parameters of the finished training run in star.base_dir (checkpoints/ + train.json)."""
+  directory = cfg.star.base_dir
+  if not os.path.exists(os.path.join(directory, "train.json")):
+    raise ValueError(f"config.star.base_dir={directory!r} holds no finished training run (no train.json)")
+  return _restore_params(cfg, star_tasks.tokenizer_and_mesh(cfg)[1], directory)
 
 
 def make_base_model(cfg: StarExperimentConfig, workdir: str):
@@ -159,7 +174,10 @@ def make_base_model(cfg: StarExperimentConfig, workdir: str):
   single-digit fact with a carry in (star.data.carry_fact_problems), each with its full scratchpad,
   once with the plain prompt and once with the hinted prompt (so that rationalization has a
   format to follow). Never trained on a rationale of a question in D or a test set of >= 2 digits.
+  With star.base_dir: that directory's trained model, for any task.
   """
+  if cfg.star.base_dir:
+    return _restore_base_dir(cfg)
   if not star_tasks.is_arithmetic(cfg):
     raise ValueError(f"the {cfg.data.task} task has no seed-trained base model: give config.model.hf_path "
                      "(star.base_params loads it)")
@@ -225,9 +243,36 @@ def _generation_phase(ctx: _Context, n: int, name: str, examples, params_fn, *, 
     records = sd.generate_task_records(ctx.task, examples, ctx.generator(params_fn()),
                                        io.phase_key(ctx.cfg.star.seed, n, phase), hint=hint, cap=ctx.cap,
                                        exemplars=ctx.data.exemplars[:ctx.cfg.star.num_shots])
+  _write_seconds(ctx, n, name, time.perf_counter() - t0)
+  io.write_jsonl(path, records)
+  return records
+
+
+def _write_seconds(ctx: _Context, n: int, name: str, seconds: float) -> None:
+  """Record a generation phase's wall time in iter_<n>/timings.json (before the phase's output is written)."""
   timings_path = os.path.join(ctx.iter_dir(n), "timings.json")
   timings = io.read_json(timings_path) if os.path.exists(timings_path) else {}
-  io.write_json(timings_path, {**timings, f"seconds_{name}": time.perf_counter() - t0})
+  io.write_json(timings_path, {**timings, f"seconds_{name}": seconds})
+
+
+def _search_phase(ctx: _Context, n: int, examples, params_fn) -> list[dict]:
+  """Step 3b: search for `examples` with M_{n-1} (star/search_phase.py), or load `iter_<n>/searched.jsonl`.
+
+  The wall time recorded is that of the run which finished the phase (a resumed one counts only its chunks).
+  """
+  path = os.path.join(ctx.iter_dir(n), "searched.jsonl")
+  if os.path.exists(path):
+    return io.read_jsonl(path)
+  t0 = time.perf_counter()
+  records = []
+  if examples:
+    cfg = ctx.cfg
+    params = params_fn()
+    records = search_phase.search_records(
+        ctx.task, examples, search_phase.make_policy(cfg, params, ctx.tokenizer, ctx.mesh),
+        search_phase.make_value(cfg, ctx.task, ctx.tokenizer, ctx.mesh), cfg.search,
+        io.phase_key(cfg.star.seed, n, sd.SEARCH), os.path.join(ctx.iter_dir(n), "search"), cfg.star.search_chunk)
+  _write_seconds(ctx, n, "searched", time.perf_counter() - t0)
   io.write_jsonl(path, records)
   return records
 
@@ -247,6 +292,9 @@ def _eval_phase(ctx: _Context, n: int, params_fn) -> dict:
       accuracy["acc_train_lengths"] = evaluate.pooled_accuracy(accuracy, {k: len(ctx.tests[k]) for k in train_lengths})
   else:
     accuracy = {}  # no held-out split given
+  if ctx.tests and (cfg.star.eval_samples or cfg.star.eval_search):
+    accuracy.update(search_phase.heldout_extras(cfg, params_fn(), ctx.tokenizer, ctx.mesh, task, ctx.tests, ctx.stops,
+                                                io.phase_key(cfg.star.seed, n, sd.EVAL_EXTRA)))
   result = {"accuracy": accuracy, "seconds": time.perf_counter() - t0}
   io.write_json(path, result)
   return result
@@ -292,9 +340,13 @@ def _iteration(ctx: _Context, n: int, store: _Params, writer) -> dict:
   if star.rationalize:
     rationalized = _generation_phase(ctx, n, "rationalized", sd.failed_examples(ctx.task, generated),
                                      lambda: store.get(n - 1), hint=True)
+  searched = []
+  if star.search:
+    searched = _search_phase(ctx, n, sd.failed_examples(ctx.task, rationalized if star.rationalize else generated),
+                             lambda: store.get(n - 1))
 
   def fine_tune():
-    examples = sd.training_examples(generated) + sd.training_examples(rationalized)
+    examples = sd.training_examples(generated) + sd.training_examples(rationalized) + sd.training_examples(searched)
     if star.mix_seed:
       examples += _seed_examples(ctx)
     examples = star_tasks.fitting_examples(examples, ctx.tokenizer, cfg.train.seq_len)
@@ -326,7 +378,14 @@ def _iteration(ctx: _Context, n: int, store: _Params, writer) -> dict:
             "sampled_tokens": _generated_tokens(ctx, generated) + _generated_tokens(ctx, rationalized),
             "train_examples": train_info["examples"], "train_steps": train_info["steps"],
             "train_loss": train_info["final_loss"]}
-  for source, records in (("generated", generated), ("rationalized", rationalized)):
+  sources = [("generated", generated), ("rationalized", rationalized)]
+  if star.search:
+    sources.append(("searched", searched))
+    record.update({"searched": len(searched), "kept_searched": sum(r["correct"] for r in searched),
+                   "search_tokens": sum(r["generated_tokens"] for r in searched),
+                   "search_reward_model_tokens": sum(r["reward_model_tokens"] for r in searched),
+                   "seconds_searched": timings.get("seconds_searched")})
+  for source, records in sources:
     record.update({f"kept_{source}_{ctx.task.group_name(g)}": v
                    for g, v in sd.kept_by_group(records, groups).items()})
   record.update(evaluation["accuracy"])

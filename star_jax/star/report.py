@@ -52,7 +52,8 @@ def summary_line(record: dict, max_train_digits: int) -> str:
               f"steps {record['train_steps']}"]
   parts.append(f"acc 1-{max_train_digits}: {_pct(record['acc_train_lengths'])}")
   parts.append(" ".join(f"{k}d {_pct(record[f'acc_{k}digit'])}" for k in accuracy_lengths(record)))
-  seconds = [record.get(k) for k in ("seconds_generated", "seconds_rationalized", "seconds_train", "seconds_eval")]
+  seconds = [record.get(k) for k in ("seconds_generated", "seconds_rationalized", "seconds_searched", "seconds_train",
+                                     "seconds_eval")]
   parts.append(f"{sum(s for s in seconds if s is not None):.0f} s")
   return " | ".join(parts)
 
@@ -107,8 +108,9 @@ def _head(record: dict) -> list[str]:
   n = record["iteration"]
   if n == 0:
     return [f"iter {n}", "base model"]
+  searched = f", +{record['kept_searched']}/{record['searched']} searched" if "kept_searched" in record else ""
   return [f"iter {n}", f"kept {record['kept_generated']}/{record['questions']} (+{record['kept_rationalized']} "
-          f"rationalized)", f"steps {record['train_steps']}"]
+          f"rationalized{searched})", f"steps {record['train_steps']}"]
 
 
 def _generic_summary_line(record: dict) -> str:
@@ -117,7 +119,8 @@ def _generic_summary_line(record: dict) -> str:
   groups = accuracy_groups(record)
   if len(groups) > 1:
     parts.append(" ".join(f"g{g} {_pct(record[f'acc_group{g}'])}" for g in groups))
-  seconds = [record.get(k) for k in ("seconds_generated", "seconds_rationalized", "seconds_train", "seconds_eval")]
+  seconds = [record.get(k) for k in ("seconds_generated", "seconds_rationalized", "seconds_searched", "seconds_train",
+                                     "seconds_eval")]
   parts.append(f"{sum(s for s in seconds if s is not None):.0f} s")
   return " | ".join(parts)
 
@@ -126,14 +129,16 @@ def generic_report_table(records: list[dict]) -> str:
   """Markdown: one row per iteration (0 = the base model), accuracy overall and per group (if several)."""
   groups = accuracy_groups(records[0])
   groups = groups if len(groups) > 1 else []
-  head = (["iter", "steps", "questions", "kept", "+rationalized", "accuracy"] + [f"group {g}" for g in groups]
-          + ["gen s", "rat s", "train s", "eval s"])
+  head = (["iter", "steps", "questions", "kept", "+rationalized", "+searched", "accuracy"]
+          + [f"group {g}" for g in groups] + ["gen s", "rat s", "search s", "train s", "eval s"])
   lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
   for r in records:
     row = [str(r["iteration"]), str(r.get("train_steps", "–")), str(r.get("questions", "–")),
-           str(r.get("kept_generated", "–")), str(r.get("kept_rationalized", "–")), _pct(r.get("acc_overall"))]
+           str(r.get("kept_generated", "–")), str(r.get("kept_rationalized", "–")), str(r.get("kept_searched", "–")),
+           _pct(r.get("acc_overall"))]
     row += [_pct(r.get(f"acc_group{g}")) for g in groups]
-    row += [_secs(r.get(k)) for k in ("seconds_generated", "seconds_rationalized", "seconds_train", "seconds_eval")]
+    row += [_secs(r.get(k)) for k in ("seconds_generated", "seconds_rationalized", "seconds_searched", "seconds_train",
+                                      "seconds_eval")]
     lines.append("| " + " | ".join(row) + " |")
   return "\n".join(lines)
 

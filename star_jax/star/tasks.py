@@ -4,6 +4,9 @@ base model, generation caps and stop sequences, for any registered task (star_ja
   arithmetic       the generated TFDS dataset (data.build_arithmetic_for): D = the `questions` split, held-out
                    sets `test_<n>digit` (group = digit length), the character tokenizer; the base model is
                    trained on seed scratchpads (star.make_base_model). No few-shot exemplars.
+  game24           the puzzles of data.game24.split() (generated in-process): D = the 1,000 train puzzles, held out
+                   = the first data.test_size test puzzles (group = difficulty); the character tokenizer; the
+                   base model is star.base_dir (trained on the seed set by experiments/tot_game24).
   gsm8k,           the user's local JSONL files built into TFDS (config.data.*_path): D = `train`, held out
   commonsense_qa   = config.eval.split (no file given: no evaluation); a pretrained Hugging Face
                    checkpoint (config.model.hf_path) is the base model M and its tokenizer.json tokenizes.
@@ -38,7 +41,7 @@ from star_jax.star.config import StarExperimentConfig
 @dataclasses.dataclass
 class TaskData:
   task: Task
-  builder: object  # the TFDS builder the splits come from
+  builder: object  # the TFDS builder the splits come from (None: game24, generated in-process)
   questions: list[Example]  # D (exemplars taken from it removed)
   tests: dict[int, list[Example]]  # held-out questions per group ({} = no evaluation)
   exemplars: list[Example]  # the few-shot pool: max(star.num_shots, eval.num_shots) solved examples
@@ -92,6 +95,14 @@ def load_task_data(cfg: StarExperimentConfig, workdir: str) -> TaskData:
     tests = {n: task.examples(builder.as_data_source(f"test_{n}digit"))
              for n in range(1, cfg.data.max_test_digits + 1)}
     return TaskData(task, builder, task.examples(builder.as_data_source("questions")), tests, [])
+  if cfg.data.task == "game24":
+    held_out = task.examples("test")
+    if cfg.data.test_size > len(held_out):
+      raise ValueError(f"config.data.test_size={cfg.data.test_size} > the {len(held_out)} held-out game24 puzzles")
+    tests: dict[int, list[Example]] = {}
+    for e in held_out[:cfg.data.test_size or len(held_out)]:
+      tests.setdefault(e.group, []).append(e)
+    return TaskData(task, None, task.examples("train"), tests, [])
   builder = _build(cfg, workdir)
   splits = set(builder.info.splits)
   questions = task.examples(builder.as_data_source("train"))
@@ -111,7 +122,7 @@ def load_task_data(cfg: StarExperimentConfig, workdir: str) -> TaskData:
   if not questions:
     raise ValueError(f"config.data.train_path={cfg.data.train_path}: no questions left for D after taking "
                      f"{len(exemplars)} few-shot exemplars")
-  tests: dict[int, list[Example]] = {}
+  tests = {}
   if cfg.eval.split in splits:
     held_out = task.examples(builder.as_data_source(cfg.eval.split))
     unlabeled = [e for e in held_out if e.answer is None]
