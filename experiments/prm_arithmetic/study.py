@@ -192,14 +192,13 @@ def mc_agreement(cfg: PRMStudyConfig, mesh, params, records: Sequence[Mapping], 
   cap = max(len(arithmetic.target_text(p)) for p in problems) + 16
   sampling_config = sampling.SamplingConfig(max_new_tokens=cap, temperature=cfg.study.temperature)
 
-  def complete(prompts, key):
+  def complete(prompts, n, key):  # n rollouts of each step prefix, each prefix prefilled once (prm.sample_rollouts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # batches of similar lengths
-    texts = evaluate.generate_texts(cfg.model, params, tokenizer, [prompts[i] for i in order], mesh=mesh,
-                                    sampling_config=sampling_config, batch_size=cfg.study.generate_batch_size,
-                                    rng=key)
-    out = [""] * len(prompts)
-    for i, text in zip(order, texts):
-      out[i] = ArithmeticTask().trim(text)
+    texts = prm.sample_rollouts(cfg.model, params, tokenizer, [prompts[i] for i in order], n, mesh=mesh,
+                                sampling_config=sampling_config, batch_size=cfg.study.generate_batch_size, rng=key)
+    out = [""] * (len(prompts) * n)
+    for rank, i in enumerate(order):
+      out[i * n:(i + 1) * n] = [ArithmeticTask().trim(t) for t in texts[rank * n:(rank + 1) * n]]
     return out
 
   prefixes = [prm.step_prefixes(r["target"], prm.split_steps(r["target"], "\n", arithmetic.SCRATCH_OPEN))

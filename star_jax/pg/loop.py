@@ -4,7 +4,8 @@ STaR as reinforcement learning (Zelikman et al. 2022, arXiv 2203.14465, §3.2): 
 1(ŷ_i = y_i). Each step s = 1..rl.steps:
 
   1. take G = rl.questions_per_step questions of D (a fresh permutation of D per epoch, from (rl.seed, epoch));
-  2. sample K = rl.samples_per_question responses to each with the KV-cache sampler at rl.temperature,
+  2. sample K = rl.samples_per_question responses to each with the KV-cache sampler at rl.temperature
+     (each question prefilled once, its K responses decoded over the shared prefix: sampling.sample_grouped),
      keeping the sampler's per-token log-probs (π_old of the update);
   3. reward each with the task's verifier, the indicator 1(ŷ = y), plus (rl.process_reward > 0) a dense
      process reward from the task's exact step checks or, with rl.process_reward_model, from a learned PRM
@@ -162,17 +163,41 @@ def _compiled_cached(model_config, train_config, mesh, rl):
           pg_step.compile_response_logps(model_config, rl.temperature, mesh))
 
 
-def _sample(ctx: _Context, params, examples: Sequence[Example], rng: jax.Array):
-  """K samples per example (question-major rows) -> (prompt ids, device SampleOutput)."""
+def grouped_sampling_fits(num_prompts: int, mesh: jax.sharding.Mesh) -> bool:
+  """Whether `sampling.sample_grouped` can take `num_prompts` prompts on `mesh`: it splits the prompts (not the
+  rows) over the mesh's data x fsdp devices, so their number must be a multiple of `sharding.batch_divisor`."""
+  return num_prompts % sharding.batch_divisor(mesh) == 0
+
+
+def _sample(ctx: _Context, params, examples: Sequence[Example], rng: jax.Array, *, grouped: bool = True):
+  """K = rl.samples_per_question samples per example -> (prompt ids per row, device SampleOutput).
+
+  Rows are question-major: row g K + k is sample k of examples[g], which is what the group advantages
+  (RLOO / GRPO over each question's K rows, pg/advantages.py) and the reward's row_examples expect.
+  Each question's prompt is encoded and prefilled once and its K samples decoded over the shared prefix
+  (`sampling.sample_grouped`, cascade attention), which returns the rows `sampling.sample` returns on the
+  prompts repeated K times with the same rng: the same tokens, log-probs to float rounding
+  (tests/pg/test_grouped_sample.py). `sampling.sample` on the repeated prompts is used instead when
+  `grouped` is False (the reference the test compares with) or when the G = len(examples) prompts cannot
+  be split over the mesh (`grouped_sampling_fits`: G not a multiple of its data x fsdp size although G K
+  is, e.g. the tiny test config's 4 questions on 8 devices; padding G up to a multiple instead would decode
+  up to divisor - 1 extra groups of K rows).
+  """
   cfg, tok = ctx.cfg, ctx.tokenizer
-  prompt_ids = [tok.encode(ctx.task.prompt(e), add_bos=True) for e in examples for _ in range(cfg.rl.samples_per_question)]
-  tokens_BxP, lengths_B = sampling.left_pad(prompt_ids, tok.pad_id, multiple=ctx.prompt_width)
+  k = cfg.rl.samples_per_question
+  question_ids = [tok.encode(ctx.task.prompt(e), add_bos=True) for e in examples]
+  prompt_ids = [ids for ids in question_ids for _ in range(k)]  # row g K + k: examples[g]
   cap = ctx.task.generation_cap(examples, cfg.rl.max_new_tokens, cfg.train.seq_len, tok)
-  out = sampling.sample(cfg.model, params, sharding.shard_global_batch(tokens_BxP, ctx.mesh),
-                        sharding.shard_global_batch(lengths_B, ctx.mesh), rng,
-                        cfg=sampling.SamplingConfig(max_new_tokens=cfg.rl.max_new_tokens,
-                                                    temperature=cfg.rl.temperature),
-                        eos_id=tok.eos_id, pad_id=tok.pad_id, max_new_tokens=jnp.int32(cap))
+  common = dict(cfg=sampling.SamplingConfig(max_new_tokens=cfg.rl.max_new_tokens, temperature=cfg.rl.temperature),
+                eos_id=tok.eos_id, pad_id=tok.pad_id, max_new_tokens=jnp.int32(cap))
+  if grouped and grouped_sampling_fits(len(examples), ctx.mesh):
+    tokens_GxP, lengths_G = sampling.left_pad(question_ids, tok.pad_id, multiple=ctx.prompt_width)
+    out = sampling.sample_grouped(cfg.model, params, sharding.shard_global_batch(tokens_GxP, ctx.mesh),
+                                  sharding.shard_global_batch(lengths_G, ctx.mesh), rng, n_per_prompt=k, **common)
+  else:
+    tokens_BxP, lengths_B = sampling.left_pad(prompt_ids, tok.pad_id, multiple=ctx.prompt_width)
+    out = sampling.sample(cfg.model, params, sharding.shard_global_batch(tokens_BxP, ctx.mesh),
+                          sharding.shard_global_batch(lengths_B, ctx.mesh), rng, **common)
   return prompt_ids, out
 
 

@@ -9,7 +9,8 @@ rate every reasoning step and score a solution by aggregating the step ratings; 
   it (the step's last token when unterminated). Nothing else is labelled (`encode_labelled_text`).
 * Labels: exact ones for any task that checks its steps (`task_step_labels`: a step is good iff it and
   every step before it are correct; arithmetic's scratchpad verifier), Monte-Carlo ones for any task with a
-  final-answer verifier (`rollout_outcomes`). Segmentation: data/steps.py (`Task.steps`).
+  final-answer verifier (`rollout_outcomes`, the policy's rollouts from `sample_rollouts`: each step prefix
+  prefilled once, its N rollouts decoded over the shared prefix). Segmentation: data/steps.py (`Task.steps`).
 * Scores: the registry `AGGREGATIONS` ("product", "min", "last") turns step probabilities into a solution
   score; `best_of_n_accuracy`, `majority_vote_accuracy` and `pass_at_n` measure reranking.
 * Dense rewards for policy gradients live in star_jax/prm/reward.py.
@@ -23,11 +24,14 @@ from collections.abc import Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
+from star_jax import sampling, sharding
 from star_jax.data import prm800k
 from star_jax.data.arithmetic import Problem
 from star_jax.data.steps import Step, prefix_correct_labels, split_steps  # noqa: F401 (re-exported)
 from star_jax.data.tasks import ArithmeticTask, Example, Task
+from star_jax.models import ModelConfig
 
 # ---- segmentation and label placement ----
 
@@ -130,29 +134,69 @@ def step_prefixes(text: str, steps: Sequence[Step]) -> list[str]:
 
 
 def rollout_outcomes(prompts: Sequence[str], prefixes: Sequence[Sequence[str]],
-                     verify: Sequence[Callable[[str], bool]], complete: Callable[[list[str], jax.Array], list[str]],
+                     verify: Sequence[Callable[[str], bool]], complete: Callable[[list[str], int, jax.Array], list[str]],
                      n_rollouts: int, rng: jax.Array) -> list[np.ndarray]:
   """Monte-Carlo step labels (Math-Shepherd, Wang et al. 2023, arXiv 2312.08935): outcomes of N rollouts.
 
   For solution i with step prefixes x_{i,1..S}, sample N completions c ~ π(· | prompt_i + x_{i,k}) and
   record 1[verify_i(x_{i,k} + c)]; returns one bool array [S_i, N] per solution. The hard label of step k
-  is max_j (any rollout reaches the right answer), the soft label the mean (`mc_labels`). `complete`
-  maps a list of prompts to one continuation each (e.g. evaluate.generate_texts at temperature > 0).
+  is max_j (any rollout reaches the right answer), the soft label the mean (`mc_labels`).
+
+  `complete(contexts, n, rng)` returns n continuations of each context, context-major (text c n + j is
+  rollout j of contexts[c]), in one call for every step prefix of every solution: `sample_rollouts` with
+  the policy (each context prefilled once, its n rollouts decoded over the shared prefix), or a script.
   """
-  flat_prompts, owners = [], []
+  contexts, owners = [], []
   for i, (prompt, pre) in enumerate(zip(prompts, prefixes)):
     for k, prefix in enumerate(pre):
-      for _ in range(n_rollouts):
-        flat_prompts.append(prompt + prefix)
-        owners.append((i, k, prefix))
-  completions = complete(flat_prompts, rng) if flat_prompts else []
+      contexts.append(prompt + prefix)
+      owners.append((i, k, prefix))
+  completions = complete(contexts, n_rollouts, rng) if contexts else []
+  if len(completions) != len(contexts) * n_rollouts:
+    raise ValueError(f"rollout_outcomes: complete returned {len(completions)} texts for {len(contexts)} contexts "
+                     f"x {n_rollouts} rollouts")
   out = [np.zeros((len(pre), n_rollouts), bool) for pre in prefixes]
-  counters: dict[tuple[int, int], int] = {}
-  for (i, k, prefix), completion in zip(owners, completions):
-    j = counters.get((i, k), 0)
-    counters[(i, k)] = j + 1
-    out[i][k, j] = bool(verify[i](prefix + completion))
+  for c, (i, k, prefix) in enumerate(owners):
+    for j in range(n_rollouts):
+      out[i][k, j] = bool(verify[i](prefix + completions[c * n_rollouts + j]))
   return out
+
+
+def sample_rollouts(model_config: ModelConfig, params, tokenizer, prompts: Sequence[str], n: int, *, mesh: Mesh,
+                    sampling_config: sampling.SamplingConfig, batch_size: int, rng: jax.Array,
+                    max_new_tokens: int | None = None, grouped: bool = True) -> list[str]:
+  """n sampled continuations of each prompt ([BOS] + prompt; EOS and padding stripped), prompt-major: text
+  i n + j is continuation j of prompts[i] (a `rollout_outcomes` completer).
+
+  Calls of about `batch_size` rows: P = max(1, batch_size // n) prompts, rounded up to a multiple of the
+  mesh's data x fsdp size (the last call padded with copies of its first prompt, so every call has one
+  shape); call c uses the key fold_in(rng, c P n). With `grouped` (the default) each call is
+  `sampling.sample_grouped` (a prompt prefilled once, its n rows decoded over the shared prefix with cascade
+  attention), otherwise `sampling.sample` on the prompts repeated n times. Both give the same texts, which
+  are those of `evaluate.generate_texts` on the repeated prompts (`[p for p in prompts for _ in range(n)]`)
+  with the same rng and a batch_size of P n rows (tests/prm/test_rollouts.py).
+  """
+  if n < 1 or batch_size < 1:
+    raise ValueError(f"sample_rollouts: n={n} and batch_size={batch_size} must be >= 1")
+  divisor = sharding.batch_divisor(mesh)
+  per_call = -(-max(1, batch_size // n) // divisor) * divisor
+  encoded = [tokenizer.encode(p, add_bos=True) for p in prompts]
+  common = dict(cfg=sampling_config, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                max_new_tokens=None if max_new_tokens is None else jnp.int32(max_new_tokens))
+  texts: list[str] = []
+  for start in range(0, len(encoded), per_call):
+    chunk = encoded[start:start + per_call]
+    tokens_GxP, lengths_G = sampling.left_pad(chunk + [chunk[0]] * (per_call - len(chunk)), tokenizer.pad_id)
+    key = jax.random.fold_in(rng, start * n)  # the row offset, as generate_texts folds it
+    if grouped:
+      out = sampling.sample_grouped(model_config, params, sharding.shard_global_batch(tokens_GxP, mesh),
+                                    sharding.shard_global_batch(lengths_G, mesh), key, n_per_prompt=n, **common)
+    else:
+      out = sampling.sample(model_config, params, sharding.shard_global_batch(np.repeat(tokens_GxP, n, axis=0), mesh),
+                            sharding.shard_global_batch(np.repeat(lengths_G, n), mesh), key, **common)
+    tokens_BxN, lengths_B = sharding.to_host((out.tokens_BxN, out.lengths_B))
+    texts += [tokenizer.decode(tokens_BxN[row, :lengths_B[row]]) for row in range(len(chunk) * n)]
+  return texts
 
 
 def mc_labels(outcomes_SxN: np.ndarray, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -100,19 +100,14 @@ def test_monte_carlo_labels_with_a_scripted_completer():
   assert prefixes[1] == ["t0\n", "t0\nt1\n", "t0\nt1\nt2\n"]
   seen = []
 
-  def complete(batch, rng):
+  def complete(contexts, n, rng):  # n rollouts of each context, context-major
     del rng
-    out = []
-    for prompt in batch:
-      i = int(prompt[1])
-      k = prompt.count("\n") - 1
-      j = sum(1 for q in seen if q == prompt)
-      seen.append(prompt)
-      out.append("WIN" if (i + k + j) % 3 == 0 else "LOSE")
-    return out
+    seen.extend(contexts)
+    return ["WIN" if (int(c[1]) + c.count("\n") - 1 + j) % 3 == 0 else "LOSE" for c in contexts for j in range(n)]
 
   verify = [lambda s: s.endswith("WIN")] * 2
   outcomes = prm.rollout_outcomes(prompts, prefixes, verify, complete, 3, jax.random.key(0))
+  assert seen == ["P0|s0\n", "P0|s0\ns1\n", "P1|t0\n", "P1|t0\nt1\n", "P1|t0\nt1\nt2\n"]  # each prefix once
   assert [o.shape for o in outcomes] == [(2, 3), (3, 3)]
   for i, o in enumerate(outcomes):
     for k in range(o.shape[0]):
@@ -220,16 +215,16 @@ def test_exact_and_monte_carlo_step_labels_of_a_toy_task():
   np.testing.assert_array_equal(positions, [first + 1, first + 3, first + 5, first + 10])
   np.testing.assert_array_equal(encoded["step_targets"][positions], labels)
 
-  def complete(prompts, rng):
+  def complete(prompts, n, rng):
     del rng
     out = []
     for prompt in prompts:
       lines = [line for line in prompt.split(":\n", 1)[1].split("\n") if line]
       if lines and lines[-1].startswith("so "):
-        out.append("")
+        out += [""] * n
         continue
       m = int(lines[-1]) if lines else 0
-      out.append("".join(f"{i}\n" for i in range(m + 1, 4)) + f"so {max(m, 3)}\n")
+      out += ["".join(f"{i}\n" for i in range(m + 1, 4)) + f"so {max(m, 3)}\n"] * n
     return out
 
   outcomes = prm.rollout_outcomes([task.prompt(three)], [prm.step_prefixes(text, steps)],
