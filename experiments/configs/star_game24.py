@@ -39,7 +39,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.checkpoint.keep = 1
 
   c.eval.batch_size = 200
-  c.eval.max_new_tokens = 160  # a 3-step output with fractions is < 160 characters
 
   c.star.iterations = 3
   c.star.base_steps = 150  # fine-tuning steps of iteration 1 (+20% per iteration)
@@ -51,7 +50,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.star.eval_samples = 4  # held-out pass@1 / pass@4 by sampling, and steps solved by depth
   c.star.eval_search = True  # held-out: the same ToT search with M_n
 
-  c.search.breadth, c.search.samples = 1, 5  # ToT-BFS b=1 n=5 (the greedy step beam) for data and evaluation
+  c.search.breadth = 1  # ToT-BFS b=1, n=5 (the greedy step beam) for data and evaluation
   c.search.step_tokens = 48
   c.search.temperature = 0.7
   c.value.aggregation = "last"  # P(the newest step is good): `good` covers every earlier step

@@ -32,7 +32,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.reward_train.steps = 150  # ~2 epochs of the ~2,200 training samples
   c.reward_train.lr = 1e-3  # the trunk starts from the policy
   c.reward_train.warmup_steps = 30
-  c.checkpoint.every_steps = 500  # save interval (and at the end): a killed run resumes
   c.checkpoint.keep = 1
   c.study.seed_examples = 200_000  # > the ~210k examples 6,000 steps of 16 packed rows read: ~1 epoch
   c.study.temperature = 0.7  # CoT and reward-data sampling at the ToT paper's temperature (Yao et al. 2023 use 0.7)

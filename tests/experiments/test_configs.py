@@ -24,6 +24,7 @@ FILES = {
     "star_gsm8k": (star_config.StarExperimentConfig, ("", "tiny")),
     "star_commonsense_qa": (star_config.StarExperimentConfig, ("", "tiny")),
     "tot_game24": (tot_study.ToTStudyConfig, ("", "demo", "tiny")),
+    "star_game24": (star_config.StarExperimentConfig, ("", "tiny")),
 }
 
 
