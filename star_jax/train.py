@@ -108,35 +108,63 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model_config:
         accumulate, ((jnp.zeros(()), jnp.zeros(())), zeros), _split_microbatches(batch, grad_accum_steps))
 
   denominator = jnp.maximum(weight, 1.0)
-  grads = jax.tree.map(lambda g: g / denominator, grads)
+  state, update_metrics = apply_gradients(state, jax.tree.map(lambda g: g / denominator, grads), tx=tx,
+                                          schedule=schedule)
+  return state, {"loss": nll_sum / denominator, "loss_tokens": weight, **update_metrics}
+
+
+def apply_gradients(state: TrainState, grads, *, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule) -> tuple[TrainState, dict[str, jax.Array]]:
+  """θ ← θ + u with (u, opt_state) = tx.update(g, opt_state, θ), step + 1; and the norms every train step
+  logs: grad_norm ‖g‖, update_norm ‖u‖, param_norm ‖θ‖ (after the update) and the step's lr."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {
-      "loss": nll_sum / denominator,
-      "loss_tokens": weight,
-      "grad_norm": optax.tree.norm(grads),
-      "update_norm": optax.tree.norm(updates),
-      "param_norm": optax.tree.norm(params),
-      "lr": schedule(state.step),
-  }
+  metrics = {"grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates),
+             "param_norm": optax.tree.norm(params), "lr": schedule(state.step)}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def loss_train_step(state: TrainState, batch: Batch, rng: jax.Array, *, loss_fn: Callable,
+                    tx: optax.GradientTransformation, schedule: optax.Schedule) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update on a deterministic objective `loss_fn(params, batch) -> (scalar loss, metrics)` (rng unused):
+  g = ∇_θ loss, then `apply_gradients`; metrics are loss_fn's, the loss and the update's norms (the reward
+  models' steps, prm.train and prm.implicit)."""
+  del rng
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+  state, update_metrics = apply_gradients(state, grads, tx=tx, schedule=schedule)
+  return state, {**metrics, "loss": loss, **update_metrics}
 
 
 # ---- sharded state creation and compilation ----
 
-def _boxed_state(model_config: ModelConfig, tx: optax.GradientTransformation, rng: jax.Array, seed_rng: jax.Array):
-  params = models.functional.init_boxed_params(model_config, rng)
+def _boxed_state(init_boxed: Callable, tx: optax.GradientTransformation, rng: jax.Array, seed_rng: jax.Array):
+  params = init_boxed(rng)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     rng=jax.random.key_data(seed_rng))
 
 
-def state_shardings(model_config: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh):
-  """(abstract TrainState with shardings attached, TrainState of NamedShardings)."""
-  boxed = jax.eval_shape(functools.partial(_boxed_state, model_config, tx), jax.random.key(0), jax.random.key(0))
+def boxed_state_shardings(init_boxed: Callable, tx: optax.GradientTransformation, mesh: Mesh):
+  """(abstract TrainState with shardings attached, TrainState of NamedShardings) of the state whose params
+  `init_boxed(rng)` makes in flax boxes carrying their logical axes (the LM's, or a reward model's)."""
+  boxed = jax.eval_shape(functools.partial(_boxed_state, init_boxed, tx), jax.random.key(0), jax.random.key(0))
   abstract = nn.unbox(boxed)
   shardings = sharding.tree_shardings(nn.get_partition_spec(boxed), abstract, mesh)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   return abstract, shardings
+
+
+def state_shardings(model_config: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh):
+  """(abstract TrainState with shardings attached, TrainState of NamedShardings)."""
+  return boxed_state_shardings(functools.partial(models.functional.init_boxed_params, model_config), tx, mesh)
+
+
+def state_from_params(params, tx: optax.GradientTransformation, shardings: TrainState,
+                      step_rng: jax.Array) -> TrainState:
+  """A step-0 TrainState of `params` (a fresh optimizer state) laid out by `shardings`."""
+  params = jax.device_put(params, shardings.params)
+  make = lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),  # noqa: E731
+                              rng=jax.random.key_data(step_rng))
+  return jax.jit(make, out_shardings=shardings)(params)
 
 
 def create_train_state(model_config: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, seed: int,
@@ -145,12 +173,19 @@ def create_train_state(model_config: ModelConfig, tx: optax.GradientTransformati
   _, shardings = state_shardings(model_config, tx, mesh)
   init_rng, step_rng = jax.random.split(jax.random.key(seed))
   if params is None:
-    make = lambda: nn.unbox(_boxed_state(model_config, tx, init_rng, step_rng))  # noqa: E731
+    init_boxed = functools.partial(models.functional.init_boxed_params, model_config)
+    make = lambda: nn.unbox(_boxed_state(init_boxed, tx, init_rng, step_rng))  # noqa: E731
     return jax.jit(make, out_shardings=shardings)()
-  params = jax.device_put(params, shardings.params)
-  make = lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),  # noqa: E731
-                              rng=jax.random.key_data(step_rng))
-  return jax.jit(make, out_shardings=shardings)(params)
+  return state_from_params(params, tx, shardings, step_rng)
+
+
+def jit_train_step(step: Callable, shardings: TrainState, mesh: Mesh):
+  """`step(state, batch, rng) -> (state, metrics)` jitted once: the state laid out by `shardings` and
+  donated, the batch over data x fsdp, rng and metrics replicated."""
+  return jax.jit(sharding.under_mesh(step, mesh),
+                 in_shardings=(shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+                 out_shardings=(shardings, sharding.replicated(mesh)),
+                 donate_argnums=0)
 
 
 def compile_train_step(model_config: ModelConfig, train_config: TrainConfig, mesh: Mesh,
@@ -160,10 +195,7 @@ def compile_train_step(model_config: ModelConfig, train_config: TrainConfig, mes
   _, shardings = state_shardings(model_config, tx, mesh)
   step = functools.partial(train_step, model_config=model_config, tx=tx, schedule=make_schedule(train_config),
                            grad_accum_steps=train_config.grad_accum_steps, attention=train_config.attention)
-  return jax.jit(sharding.under_mesh(step, mesh),
-                 in_shardings=(shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
-                 out_shardings=(shardings, sharding.replicated(mesh)),
-                 donate_argnums=0)
+  return jit_train_step(step, shardings, mesh)
 
 
 # ---- the inner loop ----

@@ -14,7 +14,8 @@ merge as FlashAttention's blockwise softmax):
 which equals softmax over the concatenated keys. The prefix block is computed for all R rows of a group
 at once: their R x (query heads per kv head) queries stack into one matrix against the group's prefix
 keys, so each prefix entry is read once per group per step (not once per row) and the product is a
-matrix-matrix one. Everything else is `functional.decode_step` (the same column layout and weights).
+matrix-matrix one. Everything else is `functional.decode_layers`, the body of `functional.decode_step`
+(the same column layout and weights).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from star_jax.models.config import ModelConfig
-from star_jax.models.functional import _rms_norm_columns, _rotary_columns
+from star_jax.models.functional import decode_layers
 from star_jax.models.transformer import _NEG_INF, LayerCache
 
 
@@ -78,46 +79,15 @@ def decode_step_grouped(config: ModelConfig, dparams: dict, tokens_B: jax.Array,
   0..suffix_index, merged by `cascade_attention`. dparams: from `functional.decode_params`.
   Returns (logits_BxV float32, new suffix caches); the prefix caches are only read.
   """
-  dtype = jnp.dtype(config.dtype)
-  h, k, dh = config.n_heads, config.n_kv_heads, config.head_dim
   b = tokens_B.shape[0]
   n_groups = prefix_valid_GxP.shape[0]
   if b % n_groups:
     raise ValueError(f"cascade.decode_step_grouped: {b} rows do not split into {n_groups} equal groups")
   s = suffix_caches[0].k_BxKxSxDh.shape[2]
-  x_DxB = jnp.take(dparams["embedding"], tokens_B, axis=0).astype(dtype).T
-  inv_freq_F = 1.0 / (config.rope_theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))
-  angles_FxB = inv_freq_F[:, None] * positions_B.astype(jnp.float32)[None, :]
-  angles_DhxB = jnp.concatenate([angles_FxB, angles_FxB], axis=0)
-  cos_DhxB, sin_DhxB = jnp.cos(angles_DhxB), jnp.sin(angles_DhxB)
   prefix_bias_Gx1x1xP = jnp.where(prefix_valid_GxP, 0.0, _NEG_INF).astype(jnp.float32)[:, None, None, :]
   suffix_bias_1x1x1xS = jnp.where(jnp.arange(s) <= suffix_index, 0.0, _NEG_INF).astype(jnp.float32)[None, None, None, :]
-  new_caches = []
-  for layer, prefix, cache in zip(dparams["layers"], prefix_caches, suffix_caches):
-    normed_DxB = _rms_norm_columns(x_DxB, layer["attn_norm"], config.norm_eps)
-    qkv_NxB = jnp.dot(layer["w_qkv"], normed_DxB)
-    if "b_qkv" in layer:
-      qkv_NxB = qkv_NxB + layer["b_qkv"][:, None]
-    q_HxDhxB = qkv_NxB[:h * dh].reshape(h, dh, b)
-    k_KxDhxB = qkv_NxB[h * dh:(h + k) * dh].reshape(k, dh, b)
-    v_KxDhxB = qkv_NxB[(h + k) * dh:].reshape(k, dh, b)
-    q_HxDhxB = _rotary_columns(q_HxDhxB, cos_DhxB, sin_DhxB) * jnp.asarray(dh ** -0.5, dtype)
-    k_KxDhxB = _rotary_columns(k_KxDhxB, cos_DhxB, sin_DhxB)
-    start = (0, 0, suffix_index, 0)
-    keys_BxKxSxDh = jax.lax.dynamic_update_slice(
-        cache.k_BxKxSxDh, k_KxDhxB.transpose(2, 0, 1)[:, :, None, :].astype(cache.k_BxKxSxDh.dtype), start)
-    values_BxKxSxDh = jax.lax.dynamic_update_slice(
-        cache.v_BxKxSxDh, v_KxDhxB.transpose(2, 0, 1)[:, :, None, :].astype(cache.v_BxKxSxDh.dtype), start)
-    suffix = LayerCache(keys_BxKxSxDh, values_BxKxSxDh)
-    new_caches.append(suffix)
-    q_BxKxGxDh = q_HxDhxB.reshape(k, h // k, dh, b).transpose(3, 0, 1, 2)
-    out_BxKxGxDh = cascade_attention(q_BxKxGxDh, prefix, prefix_bias_Gx1x1xP, suffix, suffix_bias_1x1x1xS)
-    out_HDhxB = out_BxKxGxDh.transpose(1, 2, 3, 0).reshape(h * dh, b)
-    x_DxB = x_DxB + jnp.dot(layer["w_o"], out_HDhxB)
-    normed_DxB = _rms_norm_columns(x_DxB, layer["mlp_norm"], config.norm_eps)
-    gate_up_2FxB = jnp.dot(layer["w_gate_up"], normed_DxB)
-    gate_FxB, up_FxB = jnp.split(gate_up_2FxB, 2, axis=0)
-    x_DxB = x_DxB + jnp.dot(layer["w_down"], jax.nn.silu(gate_FxB) * up_FxB)
-  hidden_DxB = _rms_norm_columns(x_DxB, dparams["final_norm"], config.norm_eps)
-  logits_VxB = jax.lax.optimization_barrier(jnp.dot(dparams["w_out"], hidden_DxB))  # keeps the dot un-transposed
-  return logits_VxB.T.astype(jnp.float32), tuple(new_caches)
+
+  def attend(i, q_BxKxGxDh, suffix):
+    return cascade_attention(q_BxKxGxDh, prefix_caches[i], prefix_bias_Gx1x1xP, suffix, suffix_bias_1x1x1xS)
+
+  return decode_layers(config, dparams, tokens_B, positions_B, suffix_caches, suffix_index, attend)

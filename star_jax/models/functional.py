@@ -177,25 +177,26 @@ def _rotary_columns(x_NxDhxB: jax.Array, cos_DhxB: jax.Array, sin_DhxB: jax.Arra
   return (x * cos_DhxB[None] + rotated * sin_DhxB[None]).astype(x_NxDhxB.dtype)
 
 
-def decode_step(config: ModelConfig, dparams: dict, tokens_B: jax.Array, positions_B: jax.Array,
-                key_valid_BxS: jax.Array, caches: tuple[LayerCache, ...], cache_index: jax.Array):
-  """One new token per row, written at cache slot `cache_index`: `forward_cached` for T = 1.
+def decode_layers(config: ModelConfig, dparams: dict, tokens_B: jax.Array, positions_B: jax.Array,
+                  caches: tuple[LayerCache, ...], cache_index: jax.Array, attend):
+  """The one-token decode step with its attention left to `attend` (shared by `decode_step` and
+  `cascade.decode_step_grouped`).
 
-  dparams: from `decode_params`. The token attends to slots s <= cache_index with key_valid_BxS[b, s].
-  Returns (logits_BxV float32, new caches).
+  Per layer i: RMSNorm, the fused qkv product, rotary q and k (q scaled by Dh^-1/2), this step's key and
+  value written at slot `cache_index` of caches[i], then out_BxKxGxDh = attend(i, q_BxKxGxDh, new cache i)
+  (the G query heads of each of K kv heads), the output projection and the SwiGLU MLP, both residual.
+  dparams: from `decode_params`. Returns (logits_BxV float32, new caches).
   """
   dtype = jnp.dtype(config.dtype)
   h, k, dh = config.n_heads, config.n_kv_heads, config.head_dim
-  b, s = key_valid_BxS.shape
+  b = tokens_B.shape[0]
   x_DxB = jnp.take(dparams["embedding"], tokens_B, axis=0).astype(dtype).T
   inv_freq_F = 1.0 / (config.rope_theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))
   angles_FxB = inv_freq_F[:, None] * positions_B.astype(jnp.float32)[None, :]
   angles_DhxB = jnp.concatenate([angles_FxB, angles_FxB], axis=0)
   cos_DhxB, sin_DhxB = jnp.cos(angles_DhxB), jnp.sin(angles_DhxB)
-  visible_BxS = key_valid_BxS & (jnp.arange(s) <= cache_index)[None, :]
-  bias_Bx1x1xS = jnp.where(visible_BxS, 0.0, _NEG_INF).astype(jnp.float32)[:, None, None, :]
   new_caches = []
-  for layer, cache in zip(dparams["layers"], caches):
+  for i, (layer, cache) in enumerate(zip(dparams["layers"], caches)):
     normed_DxB = _rms_norm_columns(x_DxB, layer["attn_norm"], config.norm_eps)
     qkv_NxB = jnp.dot(layer["w_qkv"], normed_DxB)
     if "b_qkv" in layer:
@@ -212,8 +213,7 @@ def decode_step(config: ModelConfig, dparams: dict, tokens_B: jax.Array, positio
         cache.v_BxKxSxDh, v_KxDhxB.transpose(2, 0, 1)[:, :, None, :].astype(cache.v_BxKxSxDh.dtype), start)
     new_caches.append(LayerCache(keys_BxKxSxDh, values_BxKxSxDh))
     q_BxKxGxDh = q_HxDhxB.reshape(k, h // k, dh, b).transpose(3, 0, 1, 2)
-    out_BxKxGxDh = attention_core(q_BxKxGxDh, keys_BxKxSxDh.astype(dtype), values_BxKxSxDh.astype(dtype),
-                                  bias_Bx1x1xS)
+    out_BxKxGxDh = attend(i, q_BxKxGxDh, new_caches[-1])
     out_HDhxB = out_BxKxGxDh.transpose(1, 2, 3, 0).reshape(h * dh, b)
     x_DxB = x_DxB + jnp.dot(layer["w_o"], out_HDhxB)
     normed_DxB = _rms_norm_columns(x_DxB, layer["mlp_norm"], config.norm_eps)
@@ -222,8 +222,25 @@ def decode_step(config: ModelConfig, dparams: dict, tokens_B: jax.Array, positio
     x_DxB = x_DxB + jnp.dot(layer["w_down"], jax.nn.silu(gate_FxB) * up_FxB)
   hidden_DxB = _rms_norm_columns(x_DxB, dparams["final_norm"], config.norm_eps)
   logits_VxB = jax.lax.optimization_barrier(jnp.dot(dparams["w_out"], hidden_DxB))  # keeps the dot un-transposed
-  logits_BxV = logits_VxB.T.astype(jnp.float32)
-  return logits_BxV, tuple(new_caches)
+  return logits_VxB.T.astype(jnp.float32), tuple(new_caches)
+
+
+def decode_step(config: ModelConfig, dparams: dict, tokens_B: jax.Array, positions_B: jax.Array,
+                key_valid_BxS: jax.Array, caches: tuple[LayerCache, ...], cache_index: jax.Array):
+  """One new token per row, written at cache slot `cache_index`: `forward_cached` for T = 1.
+
+  dparams: from `decode_params`. The token attends to slots s <= cache_index with key_valid_BxS[b, s].
+  Returns (logits_BxV float32, new caches).
+  """
+  dtype = jnp.dtype(config.dtype)
+  s = key_valid_BxS.shape[1]
+  visible_BxS = key_valid_BxS & (jnp.arange(s) <= cache_index)[None, :]
+  bias_Bx1x1xS = jnp.where(visible_BxS, 0.0, _NEG_INF).astype(jnp.float32)[:, None, None, :]
+
+  def attend(_, q_BxKxGxDh, cache):
+    return attention_core(q_BxKxGxDh, cache.k_BxKxSxDh.astype(dtype), cache.v_BxKxSxDh.astype(dtype), bias_Bx1x1xS)
+
+  return decode_layers(config, dparams, tokens_B, positions_B, caches, cache_index, attend)
 
 
 def init_boxed_params(config: ModelConfig, rng: jax.Array):

@@ -41,10 +41,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from star_jax import losses, models, sharding, train
+from star_jax import losses, models, train
 from star_jax.models import ModelConfig
 from star_jax.prm import logprob
 from star_jax.prm import losses as reward_losses
+from star_jax.prm import train as prm_train
 from star_jax.train import TrainState
 
 OBJECTIVES = ("outcome", "step")
@@ -103,15 +104,9 @@ def implicit_loss(model_config: ModelConfig, objective: ImplicitObjective, param
 def implicit_train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array, *,
                         model_config: ModelConfig, objective: ImplicitObjective, tx: optax.GradientTransformation,
                         schedule: optax.Schedule) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One AdamW update of π_φ on `implicit_loss` (deterministic: rng unused)."""
-  del rng
-  (loss, metrics), grads = jax.value_and_grad(
-      functools.partial(implicit_loss, model_config, objective), has_aux=True)(state.params, batch)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates),
-             "param_norm": optax.tree.norm(params), "lr": schedule(state.step)}
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  """One AdamW update of π_φ on `implicit_loss` (deterministic: rng unused; train.loss_train_step)."""
+  return train.loss_train_step(state, batch, rng, loss_fn=functools.partial(implicit_loss, model_config, objective),
+                               tx=tx, schedule=schedule)
 
 
 def compile_implicit_train_step(model_config: ModelConfig, train_config, objective: ImplicitObjective, mesh: Mesh,
@@ -123,9 +118,7 @@ def compile_implicit_train_step(model_config: ModelConfig, train_config, objecti
   _, shardings = train.state_shardings(model_config, tx, mesh)
   step = functools.partial(implicit_train_step, model_config=model_config, objective=objective, tx=tx,
                            schedule=train.make_schedule(train_config))
-  return jax.jit(sharding.under_mesh(step, mesh),
-                 in_shardings=(shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
-                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+  return train.jit_train_step(step, shardings, mesh)
 
 
 # ---- data ----
@@ -137,36 +130,10 @@ def with_reference_logps(model_config: ModelConfig, ref_params, examples: Sequen
   return [{**ex, "ref_logps": s["logps"]} for ex, s in zip(examples, stats)]
 
 
-class _Select:
-  def __init__(self, seq_len: int):
-    self._seq_len = seq_len
-
-  def __call__(self, example: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    if len(example["inputs"]) > self._seq_len:
-      raise ValueError(f"implicit PRM example of {len(example['inputs'])} tokens exceeds seq_len={self._seq_len}")
-    return {k: example[k] for k in FIELDS}
-
-
-def _to_batch(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  out = {f"{k}_BxT": batch[k].astype(np.int32 if k in ("inputs", "targets") else np.float32) for k in FIELDS}
-  out["segment_ids_BxT"] = batch["inputs_segment_ids"].astype(np.int32)
-  out["positions_BxT"] = batch["inputs_positions"].astype(np.int32)
-  return out
-
-
 def make_dataset(examples: Sequence[Mapping[str, np.ndarray]], *, batch_size: int, seq_len: int,
                  seed: int) -> grain.IterDataset:
-  """Infinite shuffled stream of packed batches (as prm.train.make_reward_dataset, plus ref_logps)."""
-  ds = grain.MapDataset.source(list(examples))
-  if jax.process_count() > 1:
-    ds = ds[jax.process_index()::jax.process_count()]
-  if len(ds) == 0:
-    raise ValueError("implicit.make_dataset: no examples")
-  it = ds.shuffle(seed=seed).repeat().map(_Select(seq_len)).to_iter_dataset(
-      grain.ReadOptions(num_threads=0, prefetch_buffer_size=4 * batch_size))
-  it = grain.experimental.FirstFitPackIterDataset(it, length_struct={k: seq_len for k in FIELDS},
-                                                  num_packing_bins=batch_size, shuffle_bins=False)
-  return it.batch(batch_size, drop_remainder=True).map(_to_batch)
+  """Infinite shuffled stream of packed batches: prm.train.make_reward_dataset with ref_logps_BxT too."""
+  return prm_train.make_reward_dataset(examples, batch_size=batch_size, seq_len=seq_len, seed=seed, fields=FIELDS)
 
 
 # ---- scoring ----

@@ -85,34 +85,17 @@ def reward_loss(model_config: ModelConfig, objective: RewardObjective, params, b
 def reward_train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array, *,
                       model_config: ModelConfig, objective: RewardObjective, tx: optax.GradientTransformation,
                       schedule: optax.Schedule) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One AdamW update of trunk and heads on `reward_loss` (deterministic: rng unused)."""
-  del rng
-  (loss, metrics), grads = jax.value_and_grad(
-      functools.partial(reward_loss, model_config, objective), has_aux=True)(state.params, batch)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates),
-             "param_norm": optax.tree.norm(params), "lr": schedule(state.step)}
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  """One AdamW update of trunk and heads on `reward_loss` (deterministic: rng unused; train.loss_train_step)."""
+  return train.loss_train_step(state, batch, rng, loss_fn=functools.partial(reward_loss, model_config, objective),
+                               tx=tx, schedule=schedule)
 
 
 # ---- sharded state ----
 
-def _boxed_state(model_config, head_config, tx, rng, seed_rng):
-  params = init_boxed_reward_params(model_config, head_config, rng)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    rng=jax.random.key_data(seed_rng))
-
-
 def reward_state_shardings(model_config: ModelConfig, head_config: HeadConfig, tx: optax.GradientTransformation,
                            mesh: Mesh):
   """(abstract TrainState with shardings, TrainState of NamedShardings) of a reward model."""
-  boxed = jax.eval_shape(functools.partial(_boxed_state, model_config, head_config, tx), jax.random.key(0),
-                         jax.random.key(0))
-  abstract = nn.unbox(boxed)
-  shardings = sharding.tree_shardings(nn.get_partition_spec(boxed), abstract, mesh)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-  return abstract, shardings
+  return train.boxed_state_shardings(functools.partial(init_boxed_reward_params, model_config, head_config), tx, mesh)
 
 
 def params_shardings(model_config: ModelConfig, head_config: HeadConfig, mesh: Mesh):
@@ -134,10 +117,7 @@ def create_reward_state(model_config: ModelConfig, head_config: HeadConfig, tx: 
     if jax.tree.map(lambda x: (tuple(x.shape), x.dtype), trunk_params) != expected:
       raise ValueError(f"trunk_params do not match model config {model_config} (structure, shapes or dtypes)")
     params["trunk"] = trunk_params
-  params = jax.device_put(params, shardings.params)
-  make = lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),  # noqa: E731
-                              rng=jax.random.key_data(step_rng))
-  return jax.jit(make, out_shardings=shardings)(params)
+  return train.state_from_params(params, tx, shardings, step_rng)
 
 
 def compile_reward_train_step(model_config: ModelConfig, head_config: HeadConfig, train_config,
@@ -150,47 +130,47 @@ def compile_reward_train_step(model_config: ModelConfig, head_config: HeadConfig
   _, shardings = reward_state_shardings(model_config, head_config, tx, mesh)
   step = functools.partial(reward_train_step, model_config=model_config, objective=objective, tx=tx,
                            schedule=train.make_schedule(train_config))
-  return jax.jit(sharding.under_mesh(step, mesh),
-                 in_shardings=(shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
-                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+  return train.jit_train_step(step, shardings, mesh)
 
 
 # ---- data ----
 
 class _CheckLength:
-  def __init__(self, seq_len: int):
-    self._seq_len = seq_len
+  def __init__(self, seq_len: int, fields: Sequence[str]):
+    self._seq_len, self._fields = seq_len, tuple(fields)
 
   def __call__(self, example: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     if len(example["inputs"]) > self._seq_len:
       raise ValueError(f"reward example of {len(example['inputs'])} tokens exceeds seq_len={self._seq_len}; "
                        "examples are never truncated (a cut would drop step labels)")
-    return {k: example[k] for k in _FIELDS}
+    return {k: example[k] for k in self._fields}
 
 
-def _to_batch(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  out = {f"{k}_BxT": batch[k].astype(np.int32 if k in ("inputs", "targets") else np.float32) for k in _FIELDS}
+def _to_batch(fields: Sequence[str], batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  out = {f"{k}_BxT": batch[k].astype(np.int32 if k in ("inputs", "targets") else np.float32) for k in fields}
   out["segment_ids_BxT"] = batch["inputs_segment_ids"].astype(np.int32)
   out["positions_BxT"] = batch["inputs_positions"].astype(np.int32)
   return out
 
 
 def make_reward_dataset(examples: Sequence[Mapping[str, np.ndarray]], *, batch_size: int, seq_len: int,
-                        seed: int) -> grain.IterDataset:
+                        seed: int, fields: Sequence[str] = _FIELDS) -> grain.IterDataset:
   """Infinite shuffled stream of packed batches of encoded examples (prm.encode_labelled_text outputs).
 
   batch_size is per process; each process reads examples i with i % process_count == process_index.
+  Batches hold `<field>_BxT` for each of `fields` (int32 inputs/targets, float32 the rest), plus
+  segment_ids_BxT and positions_BxT.
   """
   ds = grain.MapDataset.source(list(examples))
   if jax.process_count() > 1:
     ds = ds[jax.process_index()::jax.process_count()]
   if len(ds) == 0:
     raise ValueError("make_reward_dataset: no examples")
-  it = ds.shuffle(seed=seed).repeat().map(_CheckLength(seq_len)).to_iter_dataset(
+  it = ds.shuffle(seed=seed).repeat().map(_CheckLength(seq_len, fields)).to_iter_dataset(
       grain.ReadOptions(num_threads=0, prefetch_buffer_size=4 * batch_size))
-  it = grain.experimental.FirstFitPackIterDataset(it, length_struct={k: seq_len for k in _FIELDS},
+  it = grain.experimental.FirstFitPackIterDataset(it, length_struct={k: seq_len for k in fields},
                                                   num_packing_bins=batch_size, shuffle_bins=False)
-  return it.batch(batch_size, drop_remainder=True).map(_to_batch)
+  return it.batch(batch_size, drop_remainder=True).map(functools.partial(_to_batch, tuple(fields)))
 
 
 def pad_examples(examples: Sequence[Mapping[str, np.ndarray]], seq_len: int) -> dict[str, np.ndarray]:
