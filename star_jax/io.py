@@ -116,13 +116,15 @@ def phase_seed(seed: int, iteration: int, phase: int) -> int:
 
 def phase_timer(path: str):
   """`timed(name, fn)`: run fn() and record its wall time under `name` in the JSON file `path`, once: a
-  resumed run keeps the first (real) timing of a phase it only reloads from cache. `timed.timings` is the
-  {name: seconds} dict."""
+  resumed run keeps the first (real) timing of a phase it only reloads from cache, and phases another process
+  recorded in `path` meanwhile are kept. `timed.timings` is the {name: seconds} dict."""
   timings = read_json(path) if os.path.exists(path) else {}
 
   def timed(name: str, fn):
     t0 = time.perf_counter()
     out = fn()
+    if os.path.exists(path):  # another process of the same study may have recorded phases meanwhile
+      timings.update({k: v for k, v in read_json(path).items() if k not in timings})
     if name not in timings:
       timings[name] = time.perf_counter() - t0
       write_json(path, timings)

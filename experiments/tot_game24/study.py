@@ -370,20 +370,15 @@ def run(cfg: ToTStudyConfig, workdir: str, results_dir: str | None = None, *,
   mesh = sharding.make_mesh(cfg.mesh.axes, name="config.mesh.axes")
   pools = puzzles(s)
   rng = jax.random.key(s.seed)
-  timings = {}
+  timed = io.phase_timer(os.path.join(workdir, "timings.json"))  # a phase's first real timing, kept on resume
   if search_values:
     params = base_model(cfg, workdir, mesh)
     for value, b, n in tot_settings(s):
       if value in search_values and value != "prm":
-        _cached(os.path.join(workdir, f"tot_{value}_b{b}_n{n}.json"),
-                lambda v=value, b=b, n=n: tot_run(cfg, mesh, params, "", pools["test"], v, b, n, _tot_key(rng, b, n)))
+        timed(f"tot_{value}_b{b}_n{n}", lambda v=value, b=b, n=n: _cached(
+            os.path.join(workdir, f"tot_{v}_b{b}_n{n}.json"),
+            lambda: tot_run(cfg, mesh, params, "", pools["test"], v, b, n, _tot_key(rng, b, n))))
     return None
-
-  def timed(name, make):
-    t0 = time.perf_counter()
-    out = make()
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
-    return out
 
   params = timed("policy", lambda: base_model(cfg, workdir, mesh))
   cot = timed("cot", lambda: _cached(os.path.join(workdir, "cot.json"),
@@ -418,7 +413,7 @@ def run(cfg: ToTStudyConfig, workdir: str, results_dir: str | None = None, *,
         os.path.join(workdir, f"tot_{name}.json"), lambda: tot_run(cfg, mesh, params, prm_dir, pools["test"], v, b, n, key)))
 
   results = summarize(cfg, cot, reward_records, prm_auc, tot)
-  results["timings_seconds"] = timings
+  results["timings_seconds"] = dict(timed.timings)
   results["config"] = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
   io.write_json(os.path.join(workdir, "results.json"), results)
   write_report(results, workdir)
