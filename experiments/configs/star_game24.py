@@ -81,5 +81,16 @@ SWEEPS = {
         {"star.rationalize": True, "star.search": True, "value.kind": "prm"},  # + ToT data valued by the PRM
         {"star.rationalize": True, "star.search": True, "value.kind": "oracle"},  # + ToT data, oracle (upper bound)
         {"star.rationalize": False},  # STaR without rationalization
+        {"star.rationalize": False, "star.search": True, "value.kind": "prm"},  # ToT data in place of rationalization
     ],
 }
+# The comparison's follow-up (experiments/star_game24/README.md): every train puzzle each iteration and 60 fine-tuning
+# steps (the comparison's small kept sets were over-trained: its accuracy peaked at iteration 1), the PRM trained
+# on 14,400 base-model samples (tot_game24 with --config.study.reward_samples=16 --config.study.reward_puzzles=1000
+# --config.reward_train.steps=600 in runs/tot_game24_prm2). Run with --config.star.iterations=2.
+_ALL_OF_D = {"star.fraction_of_D": 1.0, "star.base_steps": 60, "value.reward_model_dir": "runs/tot_game24_prm2/prm"}
+SWEEPS["all_of_d"] = [
+    {**_ALL_OF_D, "star.rationalize": True},
+    {**_ALL_OF_D, "star.rationalize": False},
+    {**_ALL_OF_D, "star.rationalize": False, "star.search": True, "value.kind": "prm"},
+]

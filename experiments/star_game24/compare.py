@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 
 from absl import app, flags
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from star_jax import io
 
@@ -81,18 +82,51 @@ def tokens_to_reach(records: Sequence[Mapping], accuracy: float) -> int | None:
   return None
 
 
-def targets(members: Sequence[Mapping]) -> dict:
-  """The issue's two targets, measured (None when a member is missing)."""
+def difference(p: float, q: float, n: int) -> dict:
+  """p - q over two held-out sets of n questions each, with the 95% half-width of the difference of two
+  independent proportions (normal approximation): significant when |p - q| exceeds it."""
+  half = 1.96 * math.sqrt(max(p * (1 - p) + q * (1 - q), 1e-12) / max(n, 1))
+  return {"difference": p - q, "ci95": half, "significant": abs(p - q) > half}
+
+
+def targets(members: Sequence[Mapping], test_size: int) -> dict:
+  """The issue's two targets, measured, each with the difference and its 95% interval (None when a member is
+  missing); plus search in place of rationalization (no rationalization, with vs without ToT data)."""
   by_label = {m["label"]: m["records"] for m in members}
   alone, prm = by_label.get(LABELS[(True, False, None)]), by_label.get(LABELS[(True, True, "prm")])
-  if not alone or not prm:
-    return {"search_beats_star_final": None, "search_reaches_star_final_in_fewer_tokens": None}
-  final_alone = alone[-1]["acc_overall"]
-  reach = tokens_to_reach(prm, final_alone)
-  return {"star_final_acc": final_alone, "search_final_acc": prm[-1]["acc_overall"],
-          "search_beats_star_final": prm[-1]["acc_overall"] > final_alone,
-          "star_final_tokens": cumulative_tokens(alone)[-1], "search_tokens_to_reach_star_final": reach,
-          "search_reaches_star_final_in_fewer_tokens": reach is not None and reach < cumulative_tokens(alone)[-1]}
+  out: dict = {"search_beats_star_final": None, "search_reaches_star_final_in_fewer_tokens": None}
+  if alone and prm:
+    final_alone = alone[-1]["acc_overall"]
+    reach = tokens_to_reach(prm, final_alone)
+    out.update({"star_final_acc": final_alone, "search_final_acc": prm[-1]["acc_overall"],
+                "search_beats_star_final": prm[-1]["acc_overall"] > final_alone,
+                "search_vs_star_final": difference(prm[-1]["acc_overall"], final_alone, test_size),
+                "star_best_acc": max(r["acc_overall"] for r in alone),
+                "search_best_acc": max(r["acc_overall"] for r in prm),
+                "star_final_tokens": cumulative_tokens(alone)[-1], "search_tokens_to_reach_star_final": reach,
+                "search_reaches_star_final_in_fewer_tokens": reach is not None and reach < cumulative_tokens(alone)[-1]})
+  no_rat, no_rat_search = by_label.get(LABELS[(False, False, None)]), by_label.get(LABELS[(False, True, "prm")])
+  if no_rat and no_rat_search:
+    out["search_instead_of_rationalization_final"] = difference(no_rat_search[-1]["acc_overall"],
+                                                                no_rat[-1]["acc_overall"], test_size)
+  return out
+
+
+def _target_lines(t: Mapping) -> list[str]:
+  def diff(d):
+    return (f"{100 * d['difference']:+.1f} points (95% interval ±{100 * d['ci95']:.1f}: "
+            f"{'significant' if d['significant'] else 'not significant'})")
+  lines = []
+  if t.get("search_vs_star_final"):
+    lines.append(f"* STaR + ToT data (PRM) beats STaR with rationalization alone at the final iteration: "
+                 f"**{t['search_beats_star_final']}**, {diff(t['search_vs_star_final'])}.")
+    lines.append(f"* It reaches STaR-alone's final accuracy ({_pct(t['star_final_acc'])}) in fewer cumulative tokens: "
+                 f"**{t['search_reaches_star_final_in_fewer_tokens']}** ({t['search_tokens_to_reach_star_final']:,} vs "
+                 f"{t['star_final_tokens']:,}; best iterations: {_pct(t['search_best_acc'])} vs {_pct(t['star_best_acc'])}).")
+  if t.get("search_instead_of_rationalization_final"):
+    lines.append("* Without rationalization, ToT data vs none at the final iteration: "
+                 f"{diff(t['search_instead_of_rationalization_final'])}.")
+  return lines
 
 
 def _pct(v) -> str:
@@ -130,7 +164,7 @@ def plot(members: Sequence[Mapping], path: str) -> None:
   ax_tok.set_xlabel("cumulative generated tokens (generation + rationalization + search)")
   for ax in (ax_it, ax_tok):
     ax.set_ylabel("held-out greedy pass@1 (%)")
-  ax_tok.set_xscale("symlog", linthresh=1e4)
+  ax_it.xaxis.set_major_locator(MaxNLocator(integer=True))
   ax_it.legend(fontsize=6)
   width = 0.8 / max(len(members), 1)
   colors = {"generated": "tab:blue", "rationalized": "tab:orange", "searched": "tab:green"}
@@ -158,16 +192,14 @@ def write(workdir: str, out: str) -> dict:
     raise ValueError(f"{workdir}: no sweep member with star_metrics.jsonl")
   config = io.read_json(os.path.join(workdir, members[0]["name"], "star_config.json"))
   test_size = config["data"]["test_size"] or 362
-  result = {"members": members, "targets": targets(members), "test_size": test_size}
+  result = {"members": members, "targets": targets(members, test_size), "test_size": test_size}
   os.makedirs(out, exist_ok=True)
   io.write_json(os.path.join(out, "comparison.json"), result)
   t = result["targets"]
   text = ["# STaR on the Game of 24 with Tree-of-Thoughts rationales", "",
           f"Held-out: {test_size} test puzzles (never in D or the seed set). Tokens: generation + rationalization "
           "(the kept texts' tokens) + search (every token in the search trees).", "", markdown(members, test_size), "",
-          f"Targets (measured): STaR + ToT data (PRM) beats STaR alone at the final iteration: "
-          f"**{t['search_beats_star_final']}**; reaches STaR-alone's final accuracy in fewer tokens: "
-          f"**{t['search_reaches_star_final_in_fewer_tokens']}**.", "", "![comparison](comparison.png)"]
+          "Targets (measured):", "", *_target_lines(t), "", "![comparison](comparison.png)"]
   io.write_text(os.path.join(out, "comparison.md"), "\n".join(text) + "\n")
   plot(members, os.path.join(out, "comparison.png"))
   return result

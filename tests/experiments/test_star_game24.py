@@ -41,9 +41,13 @@ def test_compare_targets_hand_values():
     return [{"iteration": i, "acc_overall": a, "sampled_tokens": t} for i, (a, t) in enumerate(zip(accs, tokens))]
   members = [{"label": compare.LABELS[(True, False, None)], "records": records([0.0, 0.1, 0.2], [0, 100, 100])},
              {"label": compare.LABELS[(True, True, "prm")], "records": records([0.0, 0.2, 0.3], [0, 150, 150])}]
-  t = compare.targets(members)
+  t = compare.targets(members, test_size=100)
   assert t["search_beats_star_final"] and t["star_final_tokens"] == 200
   assert t["search_tokens_to_reach_star_final"] == 150 and t["search_reaches_star_final_in_fewer_tokens"]
+  # 0.3 - 0.2 over 100 each: half-width 1.96 * sqrt((0.21 + 0.16) / 100) = 0.1192: not significant
+  d = t["search_vs_star_final"]
+  assert abs(d["difference"] - 0.1) < 1e-12 and abs(d["ci95"] - 0.11922) < 1e-4 and not d["significant"]
+  assert compare.difference(0.5, 0.2, 400)["significant"]
   assert compare.cumulative_tokens([{"sampled_tokens": 5, "search_tokens": 7}, {"sampled_tokens": 1}]) == [12, 13]
 
 
@@ -84,6 +88,7 @@ def test_search_sweep_end_to_end_tiny(tot_base, tmp_path):
   assert {os.path.basename(p) for p in os.listdir(tmp_path / "out")} == {"comparison.md", "comparison.json",
                                                                           "comparison.png"}
   assert result["targets"]["search_beats_star_final"] is None  # no STaR-alone member with rationalization here
+  assert "search_instead_of_rationalization_final" not in result["targets"]  # no member searching without it
 
 
 @pytest.mark.e2e
