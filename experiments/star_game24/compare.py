@@ -33,6 +33,7 @@ LABELS = {  # (rationalize, search, value kind) -> label, in the table's order
     (True, True, "logprob"): "STaR + rationalization + ToT data (log-prob value)",
     (False, False, None): "STaR without rationalization",
     (False, True, "prm"): "STaR + ToT data (PRM value), no rationalization",
+    (False, True, "oracle"): "STaR + ToT data (oracle value, upper bound), no rationalization",
 }
 
 
