@@ -2,8 +2,11 @@
 
   top-level modules          import no algorithm subpackage (star, pg, prm, search); main.py, the CLI that
                              dispatches on the config's kind, is the one exception
-  star/, prm/                import only top-level modules, data/ and models/ (and themselves)
-  pg/, search/               may also import star/ and prm/
+  prm/                       imports only top-level modules, data/ and models/ (and itself)
+  search/                    may also import prm/ (a PRM values states)
+  star/                      may also import search/ and prm/ (the search phase makes rationales)
+  pg/                        may also import star/ and prm/
+                             (a layering: data, models <- prm <- search <- star <- pg; no cycles)
   nothing in star_jax        imports experiments/
   in-function imports        only with a one-line reason (a `# noqa: PLC0415 (...)` comment)
 """
@@ -17,7 +20,7 @@ import pytest
 PACKAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "star_jax")
 ALGORITHMS = ("star", "pg", "prm", "search")
 ALLOWED = {  # subpackage -> the star_jax subpackages it may import besides the top level, data and models
-    "star": set(), "prm": set(), "pg": {"star", "prm"}, "search": {"star", "prm"}, "data": set(), "models": set(),
+    "star": {"search", "prm"}, "prm": set(), "pg": {"star", "prm"}, "search": {"prm"}, "data": set(), "models": set(),
 }
 
 

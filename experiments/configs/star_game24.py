@@ -94,5 +94,4 @@ SWEEPS["all_of_d"] = [
     {**_ALL_OF_D, "star.rationalize": False},
     {**_ALL_OF_D, "star.rationalize": False, "star.search": True, "value.kind": "prm"},
     {**_ALL_OF_D, "star.rationalize": True, "star.search": True, "value.kind": "prm"},
-    {**_ALL_OF_D, "star.rationalize": False, "star.search": True, "value.kind": "oracle"},
 ]
