@@ -110,6 +110,10 @@ def targets(members: Sequence[Mapping], test_size: int) -> dict:
   if no_rat and no_rat_search:
     out["search_instead_of_rationalization_final"] = difference(no_rat_search[-1]["acc_overall"],
                                                                 no_rat[-1]["acc_overall"], test_size)
+  if alone and no_rat_search:
+    reach = tokens_to_reach(no_rat_search, alone[-1]["acc_overall"])
+    out["search_only_vs_star_final"] = difference(no_rat_search[-1]["acc_overall"], alone[-1]["acc_overall"], test_size)
+    out["search_only_tokens_to_reach_star_final"] = reach
   return out
 
 
@@ -118,15 +122,21 @@ def _target_lines(t: Mapping) -> list[str]:
     return (f"{100 * d['difference']:+.1f} points (95% interval ±{100 * d['ci95']:.1f}: "
             f"{'significant' if d['significant'] else 'not significant'})")
   lines = []
+  reach = "never" if t.get("search_tokens_to_reach_star_final") is None else f"{t['search_tokens_to_reach_star_final']:,}"
   if t.get("search_vs_star_final"):
     lines.append(f"* STaR + ToT data (PRM) beats STaR with rationalization alone at the final iteration: "
                  f"**{t['search_beats_star_final']}**, {diff(t['search_vs_star_final'])}.")
     lines.append(f"* It reaches STaR-alone's final accuracy ({_pct(t['star_final_acc'])}) in fewer cumulative tokens: "
-                 f"**{t['search_reaches_star_final_in_fewer_tokens']}** ({t['search_tokens_to_reach_star_final']:,} vs "
-                 f"{t['star_final_tokens']:,}; best iterations: {_pct(t['search_best_acc'])} vs {_pct(t['star_best_acc'])}).")
+                 f"**{t['search_reaches_star_final_in_fewer_tokens']}** ({reach} vs {t['star_final_tokens']:,}; best "
+                 f"iterations: {_pct(t['search_best_acc'])} vs {_pct(t['star_best_acc'])}).")
   if t.get("search_instead_of_rationalization_final"):
     lines.append("* Without rationalization, ToT data vs none at the final iteration: "
                  f"{diff(t['search_instead_of_rationalization_final'])}.")
+  if t.get("search_only_vs_star_final"):
+    only = t["search_only_tokens_to_reach_star_final"]
+    lines.append("* ToT data in place of rationalization vs STaR with rationalization at the final iteration: "
+                 f"{diff(t['search_only_vs_star_final'])}; it reaches STaR's final accuracy after "
+                 f"{'never' if only is None else f'{only:,}'} cumulative tokens (STaR: {t.get('star_final_tokens', 0):,}).")
   return lines
 
 
