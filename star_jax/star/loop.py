@@ -67,7 +67,8 @@ BASE_CONFIG_FILE = os.path.join("base", "base_config.json")  # the config the ba
 # The star fields the base model depends on (the others may differ between a STaR run and e.g. a PG run
 # that shares its base model through rl.base_workdir).
 BASE_STAR_FIELDS = ("seed_per_digit", "one_digit_repeats", "carry_fact_digits", "seed_steps", "seed")
-_SECTIONS = ("model", "data", "train", "star", "hf_path")
+_BASE_SECTIONS = ("model", "data", "train", "star", "hf_path")  # what check_base compares (star: BASE_STAR_FIELDS)
+_SECTIONS = (*_BASE_SECTIONS, "search", "value")  # a run's whole recipe (the search phase's settings included)
 _LABELS = {"hf_path": "model.hf_path"}
 
 
@@ -111,7 +112,7 @@ def check_base(cfg: StarExperimentConfig, workdir: str) -> None:
   """`check_workdir` for `<workdir>/base/` over the fields the base model depends on (model, data, train,
   the star.seed_* fields): also guards a run killed while the base model trains, and a PG run's base."""
   other_star = {("star", f.name) for f in dataclasses.fields(StarConfig) if f.name not in BASE_STAR_FIELDS}
-  config.check_resumable(os.path.join(os.path.abspath(workdir), BASE_CONFIG_FILE), cfg, _SECTIONS,
+  config.check_resumable(os.path.join(os.path.abspath(workdir), BASE_CONFIG_FILE), cfg, _BASE_SECTIONS,
                          ignored=other_star | {("data", "data_dir")}, labels=_LABELS, what="base model")
 
 

@@ -12,6 +12,7 @@ from experiments.tot_game24 import study as tot_study
 from star_jax import io
 from star_jax.data import game24
 from star_jax.star import config as star_config
+from star_jax.star import loop
 from star_jax.star import search_phase
 
 
@@ -34,6 +35,16 @@ def test_every_variant_validates_and_game24_needs_a_base_dir():
     star_config.star_experiment_from_config(bad)
   with pytest.raises(ValueError, match="unknown config variant"):
     star_game24.get_config("huge")
+
+
+def test_a_workdir_refuses_a_changed_search_recipe(tmp_path):
+  cfg = star_config.star_experiment_from_config(_config(search=True))
+  loop.check_workdir(cfg, str(tmp_path))  # the first run writes star_config.json
+  loop.check_workdir(cfg, str(tmp_path))
+  changed = _config(search=True)
+  changed.value.kind = "oracle"
+  with pytest.raises(ValueError, match="config.value.kind: 'prm' -> 'oracle'"):
+    loop.check_workdir(star_config.star_experiment_from_config(changed), str(tmp_path))
 
 
 def test_compare_targets_hand_values():
