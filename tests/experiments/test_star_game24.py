@@ -12,8 +12,7 @@ from experiments.tot_game24 import study as tot_study
 from star_jax import io
 from star_jax.data import game24
 from star_jax.star import config as star_config
-from star_jax.star import loop
-from star_jax.star import search_phase
+from star_jax.star import loop, search_phase
 
 
 def _config(variant="tiny", **star):
