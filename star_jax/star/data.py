@@ -185,11 +185,16 @@ def generate_task_records(task: Task, examples: Sequence[Example], generate: Gen
     if len(texts) != len(group):
       raise ValueError(f"generator returned {len(texts)} texts for {len(group)} prompts")
     for i, e, text in zip(by_group[group_id], group, texts):
-      text = cut_at_stop(text, task.stop_strings)
-      record = {**task.record_key(e), "prompt": task.prompt(e), "target": task.trim(text), **task.record_extra(text)}
-      record.update(correct=bool(task.is_correct(e, text)), source="rationalized" if hint else "generated")
-      records[i] = record
+      records[i] = task_record(task, e, text, "rationalized" if hint else "generated")
   return records  # type: ignore[return-value]
+
+
+def task_record(task: Task, example: Example, text: str, source: str) -> dict:
+  """The saved record of one generation for `example` (module docstring): the text cut at the task's stop
+  strings, judged with `task.is_correct`, saved as `task.trim` of it with the plain prompt."""
+  text = cut_at_stop(text, task.stop_strings)
+  return {**task.record_key(example), "prompt": task.prompt(example), "target": task.trim(text),
+          **task.record_extra(text), "correct": bool(task.is_correct(example, text)), "source": source}
 
 
 def record_problem(record: Mapping) -> Problem:

@@ -36,6 +36,7 @@ import numpy as np
 from star_jax import evaluate, io, sampling, search
 from star_jax.data.tasks import Example, Task, cut_at_stop
 from star_jax.prm.steps import pass_at_n
+from star_jax.star import data as sd
 
 
 def make_policy(cfg, params, tokenizer, mesh) -> search.ModelStepSampler:
@@ -52,13 +53,10 @@ def make_value(cfg, task: Task, tokenizer, mesh) -> search.ValueFn:
 def outcome_record(task: Task, example: Example, outcome: search.Outcome) -> dict:
   """A searched question's record in the loop's format (star/data.py): the best-valued correct final state
   (or, with none correct, the best-valued one) trimmed after its answer line, with its cost."""
-  texts = [s.text for s in outcome.finals]
+  texts = [cut_at_stop(s.text, task.stop_strings) for s in outcome.finals]
   correct = [bool(task.is_correct(example, t)) for t in texts]
-  text = texts[correct.index(True)] if any(correct) else texts[0]
-  text = cut_at_stop(text, task.stop_strings)
   b = outcome.budget
-  return {**task.record_key(example), "prompt": task.prompt(example), "target": task.trim(text),
-          **task.record_extra(text), "correct": any(correct), "source": "searched",
+  return {**sd.task_record(task, example, texts[correct.index(True)] if any(correct) else texts[0], "searched"),
           "generated_tokens": b.generated_tokens, "reward_model_tokens": b.reward_model_tokens,
           "sampler_calls": b.sampler_calls}
 

@@ -12,6 +12,7 @@ from experiments.tot_game24 import study as tot_study
 from star_jax import io
 from star_jax.data import game24
 from star_jax.star import config as star_config
+from star_jax.star import data as star_data
 from star_jax.star import loop, search_phase
 
 
@@ -109,8 +110,8 @@ def test_searched_examples_are_trained_on(tot_base, tmp_path, monkeypatch):
     out = []
     for i, e in enumerate(examples):
       text = game24.solution_outputs(game24.puzzle_numbers(e.question))[0] + "\n" if i == 0 else "nothing\n"
-      out.append({**task.record_key(e), "prompt": task.prompt(e), "target": task.trim(text), "correct": task.is_correct(e, text),
-                  "source": "searched", "generated_tokens": 10, "reward_model_tokens": 0, "sampler_calls": 1})
+      out.append({**star_data.task_record(task, e, text, "searched"), "generated_tokens": 10, "reward_model_tokens": 0,
+                  "sampler_calls": 1})
     return out
   monkeypatch.setattr(search_phase, "search_records", solve_first)
   members = _members(tot_base, str(tmp_path), [{"star.search": True, "value.kind": "oracle", "star.iterations": 1}])
