@@ -49,6 +49,7 @@ class RLConfig:
   log_every: int = 1  # steps between metric writes
   eval_every: int = 50  # steps between held-out evaluations (greedy accuracy + KL to the base model)
   base_workdir: str = ""  # the workdir whose base/ holds the base model (a STaR run's); "" = this workdir
+  base_iteration: int = 0  # the start model (= KL reference): 0 = the base model (base/); N > 0 = rl.base_workdir's STaR M_N (iter_N/)
   seed: int = 0  # question order and sampling keys derive from (seed, step)
 
   def __post_init__(self):
@@ -56,6 +57,9 @@ class RLConfig:
                 "minibatches", "kl_horizon", "log_every", "eval_every"):
       require(getattr(self, key) > 0, f"rl.{key}", getattr(self, key), "must be > 0")
     require(self.token_budget >= 0, "rl.token_budget", self.token_budget, "must be >= 0")
+    require(self.base_iteration >= 0, "rl.base_iteration", self.base_iteration, "must be >= 0")
+    require(self.base_iteration == 0 or bool(self.base_workdir), "rl.base_iteration", self.base_iteration,
+             "needs rl.base_workdir (the STaR run whose iter_<N>/ holds M_N)")
     require(self.temperature > 0, "rl.temperature", self.temperature, "must be > 0 (RL samples; greedy is for eval)")
     require(self.advantage in advantages.ADVANTAGES, "rl.advantage", self.advantage,
              f"must be one of {sorted(advantages.ADVANTAGES)}")
@@ -112,8 +116,9 @@ class RLConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RLExperimentConfig(StarExperimentConfig):
-  """A StarExperimentConfig plus the `rl` section. The base model is the STaR experiment's (star.base_params:
-  model.hf_path's weights, or the arithmetic base model trained on seed scratchpads); any task."""
+  """A StarExperimentConfig plus the `rl` section. The loop starts from the STaR experiment's base model
+  (star.base_params: model.hf_path's weights, or the arithmetic base model trained on seed scratchpads), or
+  with rl.base_iteration = N > 0 from the STaR run's iteration-N model M_N (pg.loop.start_params); any task."""
   kind: str = "pg"
   rl: RLConfig = dataclasses.field(default_factory=RLConfig)
 

@@ -10,12 +10,17 @@ STaR as reinforcement learning (Zelikman et al. 2022, arXiv 2203.14465, §3.2): 
   3. reward each with the task's verifier, the indicator 1(ŷ = y), plus (rl.process_reward > 0) a dense
      process reward from the task's exact step checks or, with rl.process_reward_model, from a learned PRM
      (pg/rewards.py picks), or with the caller's `reward`;
-  4. run the jitted, sharded update (pg/step.py): advantages, KL to the base model, PPO epochs;
+  4. run the jitted, sharded update (pg/step.py): advantages, KL to the start model, PPO epochs;
   5. log reward, sample accuracy, KL, entropy, response length, clip fraction, tokens/s and the seconds
      spent sampling, on the host (verifier, batch) and updating; the update's metrics are fetched one
      step late (after the next sampler call is dispatched);
   6. every rl.eval_every steps: greedy held-out accuracy per group (arithmetic: digit length) and
      KL(π‖π_base) measured on held-out prompts; every checkpoint.every_steps: an Orbax checkpoint.
+
+The start model π_base (the first policy and the frozen KL reference, `start_params`) is the base model M
+(rl.base_iteration = 0: `<rl.base_workdir or workdir>/base/`, or the caller's params), or with
+rl.base_iteration = N > 0 the STaR run's M_N, restored from `<rl.base_workdir>/iter_<N>/` as the STaR loop
+restores it (star.loop.load_iteration_params): PG-STaR continued from a STaR model that already earns reward.
 
 The loop sees its task only through data.tasks.Task (prompt, is_correct, generation_cap, group_name and,
 for dense rewards, steps/step_correct/expected_steps): the config's task (star.tasks.load_task_data), or the
@@ -26,7 +31,7 @@ plus the sampled-token count) is all the loop needs; a re-run of the same comman
 ends with the parameters and records of an uninterrupted run. Files in the workdir:
 
   rl_metrics.jsonl   one record per logged step (rl/* scalars also in logs/, TensorBoard)
-  rl_eval.jsonl      one record per evaluation (step 0 = the base model), with sampled_tokens and seconds
+  rl_eval.jsonl      one record per evaluation (step 0 = the start model), with sampled_tokens and seconds
   rl_report.md       the evaluation table
   rl_config.json     the run's config, written before anything else: a later run with a different one is
                      refused before it writes anything (`check_workdir`)
@@ -51,6 +56,7 @@ from star_jax.data.tasks import Example, Task
 from star_jax.pg import rewards
 from star_jax.pg import step as pg_step
 from star_jax.pg.config import RLExperimentConfig
+from star_jax.star import loop as star_loop
 from star_jax.star import tasks as star_tasks
 
 SAMPLE, EVAL_KL = 0, 1  # phase ids of the rng: key(seed, step, phase)
@@ -117,11 +123,64 @@ CONFIG_FILE = "rl_config.json"
 
 def check_workdir(cfg: RLExperimentConfig, workdir: str) -> None:
   """Refuse (ValueError naming every changed field, nothing written) a workdir an RL run with another config
-  made; the first run writes `<workdir>/rl_config.json`. rl.steps and rl.token_budget may grow."""
+  made; the first run writes `<workdir>/rl_config.json`. rl.steps and rl.token_budget may grow; rl.base_workdir
+  may move, rl.base_iteration may not (another start model is another run). Also refuses a start model
+  M_N that does not exist (`check_start`)."""
+  check_start(cfg)
   config.check_resumable(os.path.join(os.path.abspath(workdir), CONFIG_FILE), cfg,
                          ("model", "data", "train", "star", "rl"),
                          ignored={("rl", "steps"), ("rl", "token_budget"), ("rl", "base_workdir"), ("data", "data_dir")},
                          what="RL run")
+
+
+def start_directory(cfg: RLExperimentConfig) -> str:
+  """The directory of the STaR iteration the loop starts from, `<rl.base_workdir>/iter_<rl.base_iteration>`
+  (rl.base_iteration > 0)."""
+  return os.path.join(os.path.abspath(cfg.rl.base_workdir), f"iter_{cfg.rl.base_iteration}")
+
+
+def check_start(cfg: RLExperimentConfig) -> None:
+  """With rl.base_iteration = N > 0: a ValueError naming the file unless the STaR run's iteration N finished
+  its fine-tuning (`<rl.base_workdir>/iter_<N>/train.json`, written after its final checkpoint)."""
+  if cfg.rl.base_iteration:
+    directory = start_directory(cfg)
+    marker = os.path.join(directory, "train.json")
+    if not os.path.exists(marker):
+      what = "is missing" if not os.path.isdir(directory) else "holds no finished fine-tuning"
+      raise ValueError(f"config.rl.base_iteration={cfg.rl.base_iteration}: {directory} {what} ({marker} not found); "
+                       f"rl.base_workdir={cfg.rl.base_workdir!r} must be a STaR run with at least "
+                       f"{cfg.rl.base_iteration} finished iteration(s)")
+
+
+def start_params(cfg: RLExperimentConfig, workdir: str, base_params=None, mesh=None):
+  """The start model π_base: the first policy and the frozen reference of the KL terms (module docstring).
+
+  rl.base_iteration = N > 0: M_N, the parameters the STaR run in rl.base_workdir ended iteration N with
+  (star.loop.load_iteration_params, checked by `check_start`); `base_params` is not used. N = 0: `base_params`,
+  or when None the base model of `<rl.base_workdir or workdir>` (star.loop.base_params: trained there if absent).
+  """
+  if cfg.rl.base_iteration:
+    check_start(cfg)
+    return star_loop.load_iteration_params(cfg, cfg.rl.base_workdir, cfg.rl.base_iteration, mesh)
+  if base_params is not None:
+    return base_params
+  return star_loop.base_params(cfg, cfg.rl.base_workdir or workdir)
+
+
+def restore_policy(cfg: RLExperimentConfig, workdir: str, step: int | None = None):
+  """(params, host, step) of an RL workdir's newest checkpoint (or of `step`): the policy the loop ended (or
+  was stopped) with, its {"sampled_tokens", "seconds"} and its update count. ValueError without checkpoints."""
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    raise ValueError(f"{workdir} holds no RL checkpoints ({directory} not found)")
+  mesh = sharding.make_mesh(cfg.mesh.axes, name="config.mesh.axes")
+  tx = train.make_optimizer(pg_step.optimizer_config(cfg.train, cfg.rl))
+  abstract, _ = pg_step.state_shardings(cfg.model, tx, mesh, cfg.rl)
+  with checkpoint.Checkpointer(directory, keep=cfg.checkpoint.keep) as ckpt:
+    if ckpt.latest_step() is None:
+      raise ValueError(f"{workdir} holds no RL checkpoints ({directory} is empty)")
+    state, host = ckpt.restore(abstract, step)
+  return state.train.params, host, int(state.train.step)
 
 
 def _setup(cfg: RLExperimentConfig, workdir: str, task_data: star_tasks.TaskData | None = None,
@@ -153,7 +212,7 @@ def _compiled(model_config, train_config, rl, mesh):
   """(tx, jitted update step, jitted log-prob function), compiled once per update configuration and mesh
   (the loop-only fields of rl, e.g. steps or token_budget, do not recompile: the RL lr is constant)."""
   return _compiled_cached(model_config, train_config, mesh, dataclasses.replace(
-      rl, steps=1, token_budget=0, log_every=1, eval_every=1, base_workdir="", seed=0))
+      rl, steps=1, token_budget=0, log_every=1, eval_every=1, base_workdir="", base_iteration=0, seed=0))
 
 
 @functools.lru_cache(maxsize=8)
@@ -249,10 +308,12 @@ def _write_outputs(ctx: _Context, train_records: list[dict], eval_records: list[
           + [f"{r['kl_to_base']:.3f}", f"{r['kl_to_base_k3']:.3f}", f"{r['seconds']:.0f}"]
           for r in eval_records]
   table = "\n".join("| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header)] + rows)
+  start = f"STaR's M_{rl.base_iteration} ({start_directory(ctx.cfg)})" if rl.base_iteration else "the base model"
   text = (f"# Policy-gradient STaR\n\nadvantage `{rl.advantage}`, normalisation `{rl.normalisation}`, "
           f"{rl.questions_per_step} questions x {rl.samples_per_question} samples per step at temperature "
           f"{rl.temperature}, PPO epochs {rl.ppo_epochs} x minibatches {rl.minibatches} (clip {rl.clip_eps}), "
           f"β {rl.kl_coef} ({rl.kl_estimator} in the {rl.kl_mode}{', adaptive' if rl.kl_target else ''}), lr {rl.lr}."
+          f" Start model π_base: {start}."
           f"\n\nHeld-out greedy accuracy and KL(π‖π_base) per evaluation:\n\n{table}\n")
   io.write_text(os.path.join(ctx.workdir, "rl_report.md"), text)
 
@@ -353,9 +414,12 @@ def _policy_step(ctx: _Context, run: _Run, step: int, step_fn, ref_params, rewar
       "sample_seconds": t1 - t0, "host_seconds": t2 - t1, "sample_tokens_per_sec": n_tokens / max(t1 - t0, 1e-9)})
 
 
-def run(cfg: RLExperimentConfig, workdir: str, base_params, reward: rewards.BatchRewardFn | None = None,
+def run(cfg: RLExperimentConfig, workdir: str, base_params=None, reward: rewards.BatchRewardFn | None = None,
         task_data: star_tasks.TaskData | None = None) -> list[dict]:
-  """Run (or resume) the loop from `base_params` (also the frozen reference); returns the eval records.
+  """Run (or resume) the loop from the start model (also the frozen reference); returns the eval records.
+
+  The start model is `start_params(cfg, workdir, base_params)`: `base_params` (None: the base model of
+  `<rl.base_workdir or workdir>/base/`), or with rl.base_iteration = N > 0 the STaR run's M_N (base_params unused).
 
   `reward(examples, generated_texts) -> rewards_B` replaces the config's (`rewards.default_reward`), e.g. a
   test's; `rewards.per_sample` makes one from a function of a single response. `task_data` replaces the
@@ -366,7 +430,7 @@ def run(cfg: RLExperimentConfig, workdir: str, base_params, reward: rewards.Batc
   reward = reward or rewards.default_reward(rl, ctx.task, mesh, ctx.tokenizer, cfg.train.seq_len + 1)  # as build_batch
   tx, step_fn, logps_fn = _compiled(cfg.model, cfg.train, rl, mesh)
   abstract, shardings = pg_step.state_shardings(cfg.model, tx, mesh, rl)
-  ref_params = jax.device_put(base_params, shardings.train.params)
+  ref_params = jax.device_put(start_params(cfg, workdir, base_params, mesh), shardings.train.params)
   metrics_path, eval_path = (os.path.join(ctx.workdir, f) for f in (METRICS_FILE, EVAL_FILE))
 
   with checkpoint.Checkpointer(os.path.join(ctx.workdir, "checkpoints"), keep=cfg.checkpoint.keep) as ckpt, \
