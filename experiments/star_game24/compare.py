@@ -16,7 +16,6 @@ generated tokens.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 
@@ -24,6 +23,7 @@ from absl import app, flags
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from experiments import stats
 from star_jax import io
 
 LABELS = {  # (rationalize, search, value kind) -> label, in the table's order
@@ -70,11 +70,6 @@ def cumulative_tokens(records: Sequence[Mapping]) -> list[int]:
   return out
 
 
-def ci95(p: float, n: int) -> float:
-  """Half-width of the normal-approximation 95% interval of a proportion over n questions."""
-  return 1.96 * math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1))
-
-
 def tokens_to_reach(records: Sequence[Mapping], accuracy: float) -> int | None:
   """Cumulative generated tokens at the first iteration whose greedy accuracy is >= `accuracy` (None: never)."""
   for r, tokens in zip(records, cumulative_tokens(records)):
@@ -86,7 +81,8 @@ def tokens_to_reach(records: Sequence[Mapping], accuracy: float) -> int | None:
 def difference(p: float, q: float, n: int) -> dict:
   """p - q over two held-out sets of n questions each, with the 95% half-width of the difference of two
   independent proportions (normal approximation): significant when |p - q| exceeds it."""
-  half = 1.96 * math.sqrt(max(p * (1 - p) + q * (1 - q), 1e-12) / max(n, 1))
+  low, high = stats.difference_interval(p, q, max(n, 1))
+  half = (high - low) / 2
   return {"difference": p - q, "ci95": half, "significant": abs(p - q) > half}
 
 
@@ -156,7 +152,7 @@ def markdown(members: Sequence[Mapping], test_size: int) -> str:
                                               f"{r.get('kept_searched', '–')}")
       seconds = sum(v for key, v in r.items() if key.startswith("seconds_") and v is not None)
       acc = r.get("acc_overall")
-      lines.append(f"| {m['label']} | {r['iteration']} | {_pct(acc)} (±{100 * ci95(acc or 0, test_size):.1f}) | "
+      lines.append(f"| {m['label']} | {r['iteration']} | {_pct(acc)} (±{100 * stats.proportion_half_width(acc or 0, test_size):.1f}) | "
                    f"{_pct(r.get('sampled_pass1'))} | {'–' if k is None else f'k={k} ' + _pct(r.get(f'sampled_pass{k}'))} | "
                    f"{_pct(r.get('search_correct'))} | {kept} | {iteration_tokens(r):,} | {total:,} | {seconds:.0f} |")
   return "\n".join(lines)

@@ -36,6 +36,7 @@ import jax
 import numpy as np
 from matplotlib.figure import Figure
 
+from experiments import stats
 from star_jax import checkpoint, host_malloc, io, sampling, sharding, train
 from star_jax import config as config_lib
 from star_jax.data import CharTokenizer, game24, game24_seed, make_train_dataset
@@ -55,6 +56,8 @@ class StudyConfig:
   split_seed: int = game24.SPLIT_SEED  # game24.split: train (seed set, reward data) / held-out test puzzles
   seed_examples: int = 150_000  # size of the base model's seed set (game24_seed.seed_set; facts/walks/solved)
   policy_stop_step: int = 0  # > 0: the base model is the checkpoint at this step of policy_train.steps's schedule
+  polish_steps: int = 0  # > 0: a second schedule of this many steps continues the base model on fresh seed examples
+  polish_lr: float = 5e-4  # its peak lr (policy_train's warmup, then cosine decay over polish_steps)
   hinted_fraction: float = 0.2  # of the seed walks / solved examples shown with their own expression as a hint
   test_puzzles: int = 200  # held-out test puzzles compared on (the first of the split's test list)
   temperature: float = 1.0  # CoT sampling and reward-data sampling (the search has its own)
@@ -76,6 +79,10 @@ class StudyConfig:
       raise ValueError(f"config.study.temperature must be > 0 (sampling), got {self.temperature}")
     if not 0 <= self.hinted_fraction <= 1:
       raise ValueError(f"config.study.hinted_fraction must be in [0, 1], got {self.hinted_fraction}")
+    if self.polish_steps < 0 or self.polish_lr <= 0:
+      raise ValueError(f"config.study.polish_steps must be >= 0 and polish_lr > 0, got {self.polish_steps}, {self.polish_lr}")
+    if self.polish_steps and self.policy_stop_step:
+      raise ValueError("config.study.polish_steps continues a finished base schedule: set policy_stop_step = 0")
     if self.policy_stop_step < 0:
       raise ValueError(f"config.study.policy_stop_step must be >= 0, got {self.policy_stop_step}")
     if self.auc_samples > self.cot_samples:
@@ -113,12 +120,34 @@ def puzzles(s: StudyConfig) -> dict[str, list[tuple[int, ...]]]:
 
 
 def base_model(cfg: ToTStudyConfig, workdir: str, mesh):
-  """Phase 1: the policy trained from scratch on the seed set (resumes; a finished phase is loaded).
+  """Phase 1: the policy trained from scratch on the seed set, then (study.polish_steps > 0) polished; each stage
+  resumes, a finished one is loaded.
+
+  Polishing is a second cosine schedule (a warm restart, Loshchilov & Hutter 2017, arXiv 1608.03983) of
+  polish_steps at peak lr polish_lr, from the first stage's parameters, on a fresh seed set (seed + 1: the same
+  mixture, new walks and facts), saved in `<workdir>/policy_polish/`.
+  """
+  s, tc = cfg.study, cfg.policy_train
+  params = _first_stage(cfg, os.path.join(workdir, "policy"), mesh)
+  if not s.polish_steps:
+    return params
+  directory = os.path.join(workdir, "policy_polish")
+  polish = dataclasses.replace(tc, steps=s.polish_steps, lr=s.polish_lr)
+  if os.path.exists(os.path.join(directory, "train.json")):
+    return train.restore_params(cfg.model, polish, mesh, directory, keep=cfg.checkpoint.keep)
+  examples = game24_seed.training_pairs(game24_seed.seed_set(puzzles(s)["train"], s.seed_examples, s.seed + 1),
+                                        hinted_fraction=s.hinted_fraction, seed=s.seed + 1)
+  params, _ = train.fine_tune(cfg.model, polish, cfg.checkpoint, mesh, CharTokenizer(), examples, params, s.polish_steps,
+                              directory, pack=True, data_seed=s.seed + 1, init_seed=tc.seed, description="polish")
+  return params
+
+
+def _first_stage(cfg: ToTStudyConfig, directory: str, mesh):
+  """The base model's first schedule, from scratch (`policy/`).
 
   With study.policy_stop_step = S > 0 the run stops at step S of the schedule of policy_train.steps (the lr has
   not finished its decay): the same parameters as `train.fine_tune`'s checkpoint at step S, the same data order.
   """
-  directory = os.path.join(workdir, "policy")
   s, tc = cfg.study, cfg.policy_train
   if os.path.exists(os.path.join(directory, "train.json")):
     return train.restore_params(cfg.model, tc, mesh, directory, keep=cfg.checkpoint.keep)
@@ -231,18 +260,22 @@ def pass_at_k(correct_PxK: np.ndarray, k: float) -> float:
   """Best-of-k with the exact checker (Yao et al.'s "best of k"): P(at least one of k samples is correct),
   the unbiased estimator 1 - C(K - c, k) / C(K, k) per puzzle (Chen et al. 2021, arXiv 2107.03374), averaged;
   a fractional k interpolates linearly between floor(k) and ceil(k)."""
+  return float(np.mean(pass_at_k_P(correct_PxK, k)))
+
+
+def pass_at_k_P(correct_PxK: np.ndarray, k: float) -> np.ndarray:
+  """[P] per-puzzle best-of-k probabilities of `pass_at_k` (before the mean)."""
   big_k = correct_PxK.shape[1]
   if not 0 <= k <= big_k:
     raise ValueError(f"pass_at_k: k={k} outside [0, {big_k}]")
   if k != int(k):
     lo, hi = int(k), int(k) + 1
-    return (hi - k) * pass_at_k(correct_PxK, lo) + (k - lo) * pass_at_k(correct_PxK, hi)
+    return (hi - k) * pass_at_k_P(correct_PxK, lo) + (k - lo) * pass_at_k_P(correct_PxK, hi)
   k = int(k)
   if k == 0:
-    return 0.0
+    return np.zeros(correct_PxK.shape[0])
   c = correct_PxK.sum(axis=1)
-  miss = [math.comb(big_k - int(ci), k) / math.comb(big_k, k) for ci in c]
-  return float(1.0 - np.mean(miss))
+  return 1.0 - np.asarray([math.comb(big_k - int(ci), k) / math.comb(big_k, k) for ci in c])
 
 
 # ---- the process reward model ----
@@ -292,7 +325,12 @@ def step_auc(cfg: ToTStudyConfig, mesh, prm_dir: str, records: Sequence[Mapping]
 def tot_run(cfg: ToTStudyConfig, mesh, params, prm_dir: str, test: Sequence[tuple[int, ...]], value: str,
             breadth: int, samples: int, rng) -> list[dict]:
   """ToT-BFS (star_jax.search.bfs) on every test puzzle with breadth b, n samples per state and the named value
-  function; one judged record per puzzle with its budget (generated tokens, reward-model tokens, sampler calls)."""
+  function; one judged record per puzzle with its budget (generated tokens, reward-model tokens, sampler calls).
+
+  `correct` judges the output (the final state of highest value); `correct_any` whether any of the b answered
+  final states is correct: the ToT paper's Game of 24 evaluation, which picks among the final b candidates with a
+  check of the equation (the numbers used, = 24; princeton-nlp/tree-of-thought-llm issue #53), as CoT best-of-k
+  picks among its k samples with the exact checker."""
   task, tokenizer = game24.Game24Task(), CharTokenizer()
   scfg = dataclasses.replace(cfg.search, method="bfs", breadth=breadth, samples=samples)
   if value == "prm":
@@ -309,9 +347,10 @@ def tot_run(cfg: ToTStudyConfig, mesh, params, prm_dir: str, test: Sequence[tupl
   result = bfs(policy, value_fn, examples, [task.prompt(e) for e in examples], scfg, rng)
   out = []
   for p, o in zip(test, result.outcomes):
-    b = o.budget
+    b, question = o.budget, game24.format_numbers(p)
     out.append(dict(judge(p, o.text, b.generated_tokens), model_tokens=b.reward_model_tokens,
-                    sampler_calls=b.sampler_calls, valued_states=b.valued_states, value=o.best.value))
+                    sampler_calls=b.sampler_calls, valued_states=b.valued_states, value=o.best.value,
+                    finals=len(o.finals), correct_any=any(game24.is_correct(question, f.text) for f in o.finals)))
   return out
 
 
@@ -345,6 +384,8 @@ def _check_config(cfg: ToTStudyConfig, workdir: str) -> None:
   fixed["seed_set"] = [cfg.study.seed, cfg.study.split_seed, cfg.study.seed_examples, cfg.study.policy_stop_step]
   if cfg.study.hinted_fraction:  # (absent from workdirs made before hinted seed examples)
     fixed["seed_set"].append(cfg.study.hinted_fraction)
+  if cfg.study.polish_steps:  # (absent from workdirs without a polished base model)
+    fixed["polish"] = [cfg.study.polish_steps, cfg.study.polish_lr]
   fixed = json.loads(json.dumps(fixed))
   if os.path.exists(path):
     saved = io.read_json(path)
@@ -426,11 +467,6 @@ def run(cfg: ToTStudyConfig, workdir: str, results_dir: str | None = None, *,
 
 # ---- results ----
 
-def _ci95(p: float | None, n: int) -> float | None:
-  """Half-width of the normal-approximation 95% interval of a proportion over n puzzles."""
-  return None if p is None or n == 0 else float(1.96 * math.sqrt(max(p * (1 - p), 1e-12) / n))
-
-
 def summarize(cfg: ToTStudyConfig, cot: Mapping, reward_records: Sequence[Mapping], prm_auc: Mapping,
               tot: Mapping[str, Sequence[Mapping]]) -> dict:
   """results.json: base competence, the PRM, CoT best-of-k and every ToT setting against CoT at equal tokens."""
@@ -448,15 +484,23 @@ def summarize(cfg: ToTStudyConfig, cot: Mapping, reward_records: Sequence[Mappin
     value, b, n = name.rsplit("_", 2)
     tokens = float(np.mean([r["tokens"] for r in records]))
     k_equal = tokens / tokens_per_sample
-    success = float(np.mean([r["correct"] for r in records]))
-    rows.append({"name": name, "value": value, "breadth": int(b[1:]), "samples": int(n[1:]), "puzzles": len(records),
-                 "success": success, "success_ci95": _ci95(success, len(records)),
-                 "reached24": float(np.mean([r["reached24"] for r in records])), "tokens": tokens,
-                 "reward_model_tokens": float(np.mean([r["model_tokens"] for r in records])),
-                 "sampler_calls": float(np.mean([r["sampler_calls"] for r in records])),
-                 "cot_k_equal_tokens": k_equal,
-                 "cot_success_equal_tokens": pass_at_k(correct_PxK, k_equal) if k_equal <= s.cot_samples else None,
-                 "cot_reached24_equal_tokens": pass_at_k(reached_PxK, k_equal) if k_equal <= s.cot_samples else None})
+    top_P = np.asarray([r["correct"] for r in records], float)
+    # `correct_any` is absent from runs cached before it was recorded: those report the top-valued output only
+    any_P = np.asarray([r.get("correct_any", r["correct"]) for r in records], float)
+    cot_P = pass_at_k_P(correct_PxK, k_equal) if k_equal <= s.cot_samples else None
+    row = {"name": name, "value": value, "breadth": int(b[1:]), "samples": int(n[1:]), "puzzles": len(records),
+           "success": float(top_P.mean()), "success_ci95": stats.proportion_half_width(float(top_P.mean()), len(records)),
+           "success_any": float(any_P.mean()), "success_any_ci95": stats.proportion_half_width(float(any_P.mean()), len(records)),
+           "reached24": float(np.mean([r["reached24"] for r in records])), "tokens": tokens,
+           "reward_model_tokens": float(np.mean([r["model_tokens"] for r in records])),
+           "sampler_calls": float(np.mean([r["sampler_calls"] for r in records])),
+           "cot_k_equal_tokens": k_equal,
+           "cot_success_equal_tokens": None if cot_P is None else float(cot_P.mean()),
+           "cot_reached24_equal_tokens": pass_at_k(reached_PxK, k_equal) if cot_P is not None else None}
+    if cot_P is not None:  # ToT - CoT at equal tokens, paired by puzzle
+      row["any_minus_cot"], row["any_minus_cot_ci95"] = stats.paired_difference(any_P, cot_P)
+      row["top_minus_cot"], row["top_minus_cot_ci95"] = stats.paired_difference(top_P, cot_P)
+    rows.append(row)
   greedy = competence(cot["greedy"])
   base = {"sampled": competence(sampled), "greedy": greedy, "temperature": s.temperature}
   targets = _targets(rows)
@@ -472,7 +516,10 @@ def summarize(cfg: ToTStudyConfig, cot: Mapping, reward_records: Sequence[Mappin
 
 def _targets(rows: Sequence[Mapping]) -> dict:
   """The issue's targets, checked on the measured rows: (1) ToT+PRM beats CoT best-of-k at equal tokens for every
-  PRM setting whose cost is at least ToT b=5's (the cheapest b=5 PRM run); (2) ToT+PRM b=5 beats b=1 at equal n."""
+  PRM setting whose cost is at least ToT b=5's (the cheapest b=5 PRM run), judged both ways ToT's success is
+  counted (`any`: among the b final states with the exact checker, the ToT paper's evaluation; `top`: the
+  top-valued output alone), and whether each lead is beyond its paired 95% interval; (2) ToT+PRM b=5 beats b=1
+  at equal n."""
   prm = [r for r in rows if r["value"] == "prm"]
   b5 = [r for r in prm if r["breadth"] == 5]
   if not b5:
@@ -480,11 +527,16 @@ def _targets(rows: Sequence[Mapping]) -> dict:
   floor = min(r["tokens"] for r in b5)
   compared = [r for r in prm if r["tokens"] >= floor and r["cot_success_equal_tokens"] is not None]
   pairs = [(r5, r1) for r5 in b5 for r1 in prm if r1["breadth"] == 1 and r1["samples"] == r5["samples"]]
-  return {"prm_beats_cot_from_b5_cost": bool(compared) and all(r["success"] > r["cot_success_equal_tokens"]
-                                                                for r in compared),
-          "compared": [r["name"] for r in compared],
-          "b5_beats_b1": bool(pairs) and all(r5["success"] > r1["success"] for r5, r1 in pairs),
-          "b5_b1_pairs": [[r5["name"], r1["name"]] for r5, r1 in pairs]}
+  out = {"compared": [r["name"] for r in compared],
+         "b5_beats_b1": bool(pairs) and all(r5["success_any"] > r1["success_any"] for r5, r1 in pairs),
+         "b5_beats_b1_top": bool(pairs) and all(r5["success"] > r1["success"] for r5, r1 in pairs),
+         "b5_b1_pairs": [[r5["name"], r1["name"]] for r5, r1 in pairs]}
+  for way in ("any", "top"):
+    out[f"prm_beats_cot_from_b5_cost_{way}"] = bool(compared) and all(r[f"{way}_minus_cot"] > 0 for r in compared)
+    out[f"prm_beats_cot_beyond_ci_{way}"] = bool(compared) and all(
+        r[f"{way}_minus_cot"] - r[f"{way}_minus_cot_ci95"] > 0 for r in compared)
+  out["prm_beats_cot_from_b5_cost"] = out["prm_beats_cot_from_b5_cost_any"]  # the paper's way of counting
+  return out
 
 
 def _pct(x) -> str:
@@ -524,16 +576,25 @@ def write_report(results: Mapping, directory: str) -> None:
             "CoT best-of-k with the exact checker (success if any of k samples is correct; k samples cost k times "
             f"the mean sample, {cot['tokens_per_sample']:.0f} tokens): " + ", ".join(
                 f"k={r['k']} {_pct(r['success'])}" for r in cot["best_of_k"]) + f"; CoT greedy {_pct(cot['greedy'])}.", "",
-            "| ToT-BFS value | b | n | correct answer (±95%) | reached `left: 24` | gen. tokens/puzzle | RM tokens/puzzle | "
-            "CoT best-of-k at equal tokens (k) | CoT reached 24 at equal tokens |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "ToT success is counted two ways: **any of b** (a final state among the b answered ones passes the exact "
+            "checker: the ToT paper's evaluation, as CoT best-of-k picks among k samples with it) and **top-valued** (the "
+            "output of highest value alone). Differences with CoT are paired by puzzle, with their 95% intervals.", "",
+            "| ToT-BFS value | b | n | any of b (±95%) | top-valued (±95%) | reached `left: 24` | gen. tokens/puzzle | "
+            "RM tokens/puzzle | CoT best-of-k at equal tokens (k) | any − CoT | top − CoT |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  diff = lambda r, way: ("–" if r.get(f"{way}_minus_cot") is None else  # noqa: E731
+                         f"{100 * r[f'{way}_minus_cot']:+.1f} ± {100 * r[f'{way}_minus_cot_ci95']:.1f}")
   for r in sorted(results["tot"], key=lambda r: (list(_VALUE_LABELS).index(r["value"]), r["breadth"], r["samples"])):
-    lines.append(f"| {_VALUE_LABELS[r['value']]} | {r['breadth']} | {r['samples']} | {_pct(r['success'])} "
-                 f"(±{100 * r['success_ci95']:.1f}) | {_pct(r['reached24'])} | {r['tokens']:.0f} | {r['reward_model_tokens']:.0f} | "
-                 f"{_pct(r['cot_success_equal_tokens'])} ({r['cot_k_equal_tokens']:.1f}) | {_pct(r['cot_reached24_equal_tokens'])} |")
+    lines.append(f"| {_VALUE_LABELS[r['value']]} | {r['breadth']} | {r['samples']} | {_pct(r['success_any'])} "
+                 f"(±{100 * r['success_any_ci95']:.1f}) | {_pct(r['success'])} (±{100 * r['success_ci95']:.1f}) | "
+                 f"{_pct(r['reached24'])} | {r['tokens']:.0f} | {r['reward_model_tokens']:.0f} | "
+                 f"{_pct(r['cot_success_equal_tokens'])} ({r['cot_k_equal_tokens']:.1f}) | {diff(r, 'any')} | {diff(r, 'top')} |")
   t = results["targets"]
-  lines += ["", "Targets (measured, not assumed): ToT+PRM beats CoT best-of-k at equal tokens from ToT b=5's cost upward: "
-            f"**{t['prm_beats_cot_from_b5_cost']}**; ToT+PRM b=5 beats b=1 at equal n: **{t['b5_beats_b1']}**.", ""]
+  lines += ["", "Targets (measured, not assumed). ToT+PRM beats CoT best-of-k at equal tokens at every PRM setting from "
+            f"ToT b=5's cost upward ({', '.join(t.get('compared', [])) or 'none'}): any of b "
+            f"**{t.get('prm_beats_cot_from_b5_cost_any')}** (beyond the 95% interval: {t.get('prm_beats_cot_beyond_ci_any')}), "
+            f"top-valued **{t.get('prm_beats_cot_from_b5_cost_top')}** (beyond: {t.get('prm_beats_cot_beyond_ci_top')}). "
+            f"ToT+PRM b=5 beats b=1 at equal n: **{t['b5_beats_b1']}** (top-valued: {t.get('b5_beats_b1_top')}).", ""]
   if "timings_seconds" in results:
     lines += ["Wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["timings_seconds"].items()), ""]
   lines += ["![success vs tokens](success_vs_tokens.png)"]
@@ -544,14 +605,17 @@ def write_report(results: Mapping, directory: str) -> None:
   ax.plot([r["tokens"] for r in cot["best_of_k"]], [100 * r["success"] for r in cot["best_of_k"]], "k-", marker=".",
           label="CoT best-of-k (exact checker)")
   markers, colors = {1: "o", 5: "s"}, {"prm": "tab:blue", "logprob": "tab:orange", "oracle": "tab:green"}
-  for r in results["tot"]:
-    ax.scatter([r["tokens"]], [100 * r["success"]], marker=markers.get(r["breadth"], "^"), color=colors[r["value"]],
+  for r in results["tot"]:  # any of b: the marker; top-valued: a small x below it on the same vertical line
+    ax.scatter([r["tokens"]], [100 * r["success_any"]], marker=markers.get(r["breadth"], "^"), color=colors[r["value"]],
                facecolors="none" if r["value"] == "oracle" else colors[r["value"]])
-    ax.annotate(f"b{r['breadth']}n{r['samples']}", (r["tokens"], 100 * r["success"]), fontsize=6,
+    if r["success"] != r["success_any"]:
+      ax.plot([r["tokens"]] * 2, [100 * r["success"], 100 * r["success_any"]], ":", color=colors[r["value"]], lw=0.8)
+      ax.scatter([r["tokens"]], [100 * r["success"]], marker="x", s=12, color=colors[r["value"]])
+    ax.annotate(f"b{r['breadth']}n{r['samples']}", (r["tokens"], 100 * r["success_any"]), fontsize=6,
                 textcoords="offset points", xytext=(3, 3))
   for value, color in colors.items():
     if any(r["value"] == value for r in results["tot"]):
-      ax.scatter([], [], color=color, label=f"ToT-BFS, {_VALUE_LABELS[value]}")
+      ax.scatter([], [], color=color, label=f"ToT-BFS, {_VALUE_LABELS[value]} (any of b; x: top-valued)")
   ax.set_xscale("log")
   ax.set_xlabel("generated tokens per puzzle")
   ax.set_ylabel("% test puzzles with a correct answer")

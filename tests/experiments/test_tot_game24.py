@@ -39,7 +39,9 @@ def test_every_variant_validates_and_bad_keys_are_named():
 def test_tot_settings_run_widest_and_prm_first():
   cfg = _cfg("")
   settings = study.tot_settings(cfg.study)
-  assert settings[:3] == [("prm", 5, 5), ("prm", 1, 5), ("oracle", 5, 5)]
+  widths = list(cfg.study.tot)
+  assert widths[:2] == [(5, 5), (1, 5)]
+  assert settings[:len(widths) + 1] == [("prm", b, n) for b, n in widths] + [("oracle", 5, 5)]
   assert len(settings) == len(cfg.study.values) * len(cfg.study.tot)
 
 
@@ -88,19 +90,36 @@ def test_reward_examples_put_the_exact_labels_at_step_ends():
   assert not record["correct"] and not game24.is_correct("4 9 10 13", output)
 
 
-def _row(name, success, tokens, cot):
+def test_per_puzzle_pass_at_k():
+  correct = np.asarray([[1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]], bool)
+  np.testing.assert_allclose(study.pass_at_k_P(correct, 2), [1 - 3 / 6, 0.0, 1.0])
+  np.testing.assert_allclose(study.pass_at_k_P(correct, 1.5), [(0.25 + 0.5) / 2, 0.0, 1.0])
+  assert math.isclose(study.pass_at_k(correct, 2), np.mean([0.5, 0.0, 1.0]))
+
+
+def _row(name, success, tokens, cot, success_any=None, half=0.01):
   value, b, n = name.rsplit("_", 2)
+  success_any = success if success_any is None else success_any
   return {"name": name, "value": value, "breadth": int(b[1:]), "samples": int(n[1:]), "success": success,
-          "tokens": tokens, "cot_success_equal_tokens": cot}
+          "success_any": success_any, "tokens": tokens, "cot_success_equal_tokens": cot,
+          "any_minus_cot": success_any - cot, "any_minus_cot_ci95": half, "top_minus_cot": success - cot,
+          "top_minus_cot_ci95": half}
 
 
 def test_targets_are_read_from_the_rows():
   rows = [_row("prm_b5_n5", 0.3, 1000, 0.2), _row("prm_b1_n5", 0.2, 300, 0.1), _row("oracle_b5_n5", 0.5, 1000, 0.2)]
   t = study._targets(rows)
   assert t["prm_beats_cot_from_b5_cost"] and t["b5_beats_b1"] and t["compared"] == ["prm_b5_n5"]
-  rows[0]["cot_success_equal_tokens"] = 0.35
+  assert t["prm_beats_cot_beyond_ci_any"] and t["prm_beats_cot_from_b5_cost_top"]
+  rows[0] = _row("prm_b5_n5", 0.3, 1000, 0.2, half=0.2)  # ahead, but inside the interval
+  t = study._targets(rows)
+  assert t["prm_beats_cot_from_b5_cost_any"] and not t["prm_beats_cot_beyond_ci_any"]
+  rows[0] = _row("prm_b5_n5", 0.3, 1000, 0.35, success_any=0.4)  # counted among the b finals it wins, alone not
+  t = study._targets(rows)
+  assert t["prm_beats_cot_from_b5_cost"] and not t["prm_beats_cot_from_b5_cost_top"]
+  rows.append(_row("prm_b5_n10", 0.5, 2000, 0.6))  # every setting from b=5's cost up must win
   assert not study._targets(rows)["prm_beats_cot_from_b5_cost"]
-  rows[1]["success"] = 0.4
+  rows[1]["success_any"] = 0.45
   assert not study._targets(rows)["b5_beats_b1"]
   assert study._targets(rows[1:2])["b5_beats_b1"] is None
 
@@ -121,8 +140,11 @@ def test_study_end_to_end_tiny(tmp_path):
   assert results["puzzles"] == s.test_puzzles and results["base"]["sampled"]["outputs"] == s.test_puzzles * s.cot_samples
   assert results["cot"]["best_of_k"][-1]["k"] == s.cot_samples
   assert len(results["tot"]) == len(s.values) * len(s.tot)
+  assert os.path.exists(tmp_path / "work" / "policy_polish" / "train.json")  # the tiny config polishes 2 steps
   for r in results["tot"]:
-    assert 0 <= r["success"] <= r["reached24"] + 1 and r["tokens"] > 0 and r["puzzles"] == s.test_puzzles
+    assert 0 <= r["success"] <= r["success_any"] <= 1 and r["tokens"] > 0 and r["puzzles"] == s.test_puzzles
+    if r["breadth"] == 1:  # one final state: the two ways of counting agree
+      assert r["success_any"] == r["success"]
     assert (r["reward_model_tokens"] > 0) == (r["value"] == "prm")
   cot = json.loads((tmp_path / "work" / "cot.json").read_text())
   assert all(0 < r["tokens"] <= s.cot_tokens for r in cot["sampled"])
@@ -131,10 +153,35 @@ def test_study_end_to_end_tiny(tmp_path):
   again = study.run(cfg, str(tmp_path / "work"))
   strip = lambda r: json.dumps({k: v for k, v in r.items() if k != "timings_seconds"}, sort_keys=True)  # noqa: E731
   assert strip(again) == strip(results)
-  changed = tot_game24.get_config("tiny")
-  changed.policy_train.steps = 5
-  with pytest.raises(ValueError, match="another base model"):
-    study.run(study.study_from_config(changed), str(tmp_path / "work"))
+  for key, value in (("policy_train.steps", 5), ("study.polish_steps", 3)):
+    changed = tot_game24.get_config("tiny")
+    section, field = key.split(".")
+    changed[section][field] = value
+    with pytest.raises(ValueError, match="another base model"):
+      study.run(study.study_from_config(changed), str(tmp_path / "work"))
+
+
+@pytest.mark.e2e
+def test_polishing_continues_the_first_stage(tmp_path):
+  """study.polish_steps > 0: the first stage is the same as without polishing; the polished model starts from it,
+  differs from it, and a finished polish is loaded."""
+  import dataclasses  # noqa: PLC0415
+
+  import jax  # noqa: PLC0415
+
+  from star_jax import sharding  # noqa: PLC0415
+  cfg = _cfg("tiny")
+  mesh = sharding.make_mesh(cfg.mesh.axes, name="config.mesh.axes")
+  plain = study.base_model(dataclasses.replace(cfg, study=dataclasses.replace(cfg.study, polish_steps=0)),
+                           str(tmp_path / "plain"), mesh)
+  polished = study.base_model(cfg, str(tmp_path / "polished"), mesh)
+  first = study._first_stage(cfg, str(tmp_path / "polished" / "policy"), mesh)
+  assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(first)))
+  assert not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(polished)))
+  info = json.loads((tmp_path / "polished" / "policy_polish" / "train.json").read_text())
+  assert info["steps"] == cfg.study.polish_steps
+  again = study.base_model(cfg, str(tmp_path / "polished"), mesh)
+  assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(jax.tree.leaves(polished), jax.tree.leaves(again)))
 
 
 @pytest.mark.e2e
@@ -146,7 +193,8 @@ def test_policy_stop_step_is_the_schedules_checkpoint(tmp_path):
 
   from star_jax import checkpoint, sharding, train  # noqa: PLC0415
   cfg = _cfg("tiny")
-  cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, every_steps=2, keep=2))
+  cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, every_steps=2, keep=2),
+                            study=dataclasses.replace(cfg.study, polish_steps=0))
   mesh = sharding.make_mesh(cfg.mesh.axes, name="config.mesh.axes")
   study.base_model(cfg, str(tmp_path / "full"), mesh)  # 4 steps, checkpoints at 2 and 4
   tx = train.make_optimizer(cfg.policy_train)

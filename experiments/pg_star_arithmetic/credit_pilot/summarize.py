@@ -7,23 +7,11 @@ training metrics (reward, sample accuracy, all-equal groups, KL to base), as res
 
 import argparse
 import json
-import math
 import os
 
+from experiments import stats
+
 RUNS = ("outcome", "process_sequence", "process_reward_to_go", "process_gae")
-
-
-def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-  """95% Wilson score interval of a proportion p from n trials."""
-  centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-  return centre - half, centre + half
-
-
-def diff_interval(p1: float, p0: float, n: int, z: float = 1.96) -> tuple[float, float]:
-  """p1 − p0 ± z·se, se of two independent proportions (conservative for the same problems: it ignores pairing)."""
-  se = math.sqrt(p1 * (1 - p1) / n + p0 * (1 - p0) / n)
-  return p1 - p0 - z * se, p1 - p0 + z * se
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -56,8 +44,8 @@ def main() -> None:
         "first_10_steps_accuracy": sum(r["accuracy"] for r in train[:10]) / min(10, len(train)),
         "last_10_steps_accuracy": sum(r["accuracy"] for r in train[-10:]) / min(10, len(train)),
         "evaluations": [{k: e[k] for k in ["step", "sampled_tokens", *groups]} for e in evals],
-        "held_out": {g: {"start": first[g], "end": last[g], "n": sizes[g], "end_ci95": wilson(last[g], sizes[g]),
-                         "change_ci95": diff_interval(last[g], first[g], sizes[g])} for g in groups},
+        "held_out": {g: {"start": first[g], "end": last[g], "n": sizes[g], "end_ci95": stats.wilson(last[g], sizes[g]),
+                         "change_ci95": stats.difference_interval(last[g], first[g], sizes[g])} for g in groups},
     }
   header = ("| run | steps | sampled tokens | " + " | ".join(f"{g[4:]} start → end (95% CI of end; change CI)" for g in groups)
             + " | train reward first→last 10 steps | sample acc first→last 10 steps | all-equal groups | KL to base |")

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from experiments.pg_star_arithmetic.credit_pilot.summarize import wilson
+from experiments.stats import wilson
 from star_jax import evaluate, io, sampling, sharding
 from star_jax.data import arithmetic
 from star_jax.data.tasks import Example, cut_at_stop

@@ -5,7 +5,7 @@ Reads `<root>/start/heldout_eval.json` (M_N, evaluate.py) and, for every variant
 `star_metrics.jsonl`. Writes `results.json`, `results.md` and `accuracy.png` to --out (default: the root):
 
   held-out accuracy per length, greedy and mean of S samples at T = 1, start and end with 95% Wilson
-  intervals; the change end − start with two 95% intervals: `diff_interval` (two independent proportions,
+  intervals; the change end − start with two 95% intervals: `stats.difference_interval` (two independent proportions,
   Newcombe's Wald form: p1 − p0 ± 1.96 √(p1(1−p1)/n + p0(1−p0)/n), what the brief asks for, conservative
   here) and a paired one (the start and end models are evaluated on the same problems:
   d̄ ± 1.96 s_d/√n over the per-problem differences d_i, greedy in {−1, 0, 1}, sampled the difference of
@@ -22,14 +22,13 @@ Reads `<root>/start/heldout_eval.json` (M_N, evaluate.py) and, for every variant
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from experiments.pg_star_arithmetic.credit_pilot.summarize import diff_interval
+from experiments import stats
 from star_jax import io
 
 START = "start"  # <root>/start/heldout_eval.json: the start model M_N
@@ -45,13 +44,10 @@ WINDOW = 10  # updates averaged at the start and at the end of a PG run
 MEASURES = ("greedy", "sampled")
 
 
-def paired_interval(x1: Sequence[float], x0: Sequence[float], z: float = 1.96) -> tuple[float, float]:
-  """d̄ ± z s_d / √n for d_i = x1_i − x0_i (the same n problems under two models; s_d with n − 1)."""
-  d = np.asarray(x1, np.float64) - np.asarray(x0, np.float64)
-  if d.size < 2:
-    return -math.inf, math.inf
-  half = z * float(np.std(d, ddof=1)) / math.sqrt(d.size)
-  return float(d.mean()) - half, float(d.mean()) + half
+def _paired(x1: Sequence[float], x0: Sequence[float]) -> list[float]:
+  """[lower, upper] of the paired change d̄ ± 1.96 s_d / √n (stats.paired_difference)."""
+  mean, half = stats.paired_difference(x1, x0)
+  return [mean - half, mean + half]
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -116,8 +112,8 @@ def compare(start: dict, end: dict) -> dict:
         continue
       p1, p0, n = e[measure]["accuracy"], s[measure]["accuracy"], e["n"]
       row[measure] = {"start": p0, "start_ci95": s[measure]["ci95"], "end": p1, "end_ci95": e[measure]["ci95"],
-                      "change": p1 - p0, "change_ci95": list(diff_interval(p1, p0, n)),
-                      "change_ci95_paired": list(paired_interval(_rates(e, measure), _rates(s, measure)))}
+                      "change": p1 - p0, "change_ci95": list(stats.difference_interval(p1, p0, n)),
+                      "change_ci95_paired": _paired(_rates(e, measure), _rates(s, measure))}
     out[name] = row
   return out
 
