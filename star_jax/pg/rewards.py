@@ -8,16 +8,23 @@ With rl.credit = "sequence" a batch reward returns rewards_B, one return per res
 (rl.credit = "reward_to_go" | "gae", pg/credit.py) it returns one `StepScores` per response instead (the
 outcome, and each step's reward with the character offset where the step closes); `step_fields` turns
 them into the per-token arrays of the update step (r_k at the token that closes step k).
+
+rl.process_reward_model names one of two kinds of learned PRM directory, told apart by their spec file:
+a hidden-state reward model (`reward_model.json` + checkpoints/, prm/train.py) or a log-prob PRM
+(`logprob_prm.json`, prm/logprob.py: a frozen copy of the start model computes per-token log-prob features
+of each response, a logistic head fitted on its own samples' exact step labels scores them).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from star_jax.data.tasks import Example, Task
+from star_jax.prm import logprob as prm_logprob
 from star_jax.prm import reward as prm_reward
 from star_jax.prm import steps as prm_steps
 from star_jax.prm import train as prm_train
@@ -91,10 +98,55 @@ def step_rewarded_scores(task: Task, weight: float) -> Callable[[Example, str], 
   return scores
 
 
+def check_prm_directory(directory: str) -> str:
+  """The kind of learned PRM in `directory`: "logprob" (prm/logprob.py's SPEC_FILE) or "hidden_state"
+  (prm/train.py's SPEC_FILE); FileNotFoundError naming both files when it holds neither."""
+  if prm_logprob.is_logprob_prm(directory):
+    return "logprob"
+  if os.path.exists(os.path.join(directory, prm_train.SPEC_FILE)):
+    return "hidden_state"
+  raise FileNotFoundError(
+      f"config.rl.process_reward_model={directory!r}: neither {prm_logprob.SPEC_FILE} (a log-prob PRM: "
+      f"experiments/pg_star_arithmetic/from_star/train_prm.py) nor {prm_train.SPEC_FILE} (a hidden-state reward "
+      "model: experiments/prm_arithmetic/study.py) found there")
+
+
+def logprob_step_scores(directory: str, weight: float, mesh, task: Task, tokenizer, *, batch_size: int,
+                        seq_len: int) -> StepRewardFn:
+  """The learned process reward of a log-prob PRM (prm.logprob.load_logprob_prm), split by step:
+
+    R = 1(ŷ = y) + w Σ_{k=1}^{min(m, S)} P̂(step k good) / S,   P̂(step k good) = σ(w_h · f_k + b_h),
+
+  r_k = w P̂_k / S earned at the token closing step k (0 for steps past S), f_k the `prm.logprob.step_features`
+  (min / sum of log π_0(y_t | y_<t) over the step and over the prefix, non-argmax counts) of the response under
+  the PRM's FROZEN model π_0 (the PG start model M_N), (w_h, b_h) its logistic head. S = task.expected_steps (a
+  task that does not know it: the response's own step count). The head was fitted once on π_0's own samples
+  with exact step labels: it is not refitted as the policy moves away from π_0. Token confidence as a
+  correctness signal: Kadavath et al. 2022 (arXiv 2207.05221); step scores as PPO rewards: Math-Shepherd
+  (Wang et al. 2023, arXiv 2312.08935), after Lightman et al. 2023 (arXiv 2305.20050).
+
+  Each batch costs one jitted forward of π_0 over `batch_size` rows of `seq_len` tokens (one compilation).
+  """
+  prm = prm_logprob.load_logprob_prm(directory, mesh)
+
+  def reward(examples: Sequence[Example], texts: Sequence[str]) -> list[StepScores]:
+    if len(examples) != len(texts):
+      raise ValueError(f"logprob_step_scores: {len(examples)} examples but {len(texts)} texts")
+    inputs = [prm_reward.scoring_example(tokenizer, task, e, t) for e, t in zip(examples, texts)]
+    step_probs = prm.step_probs(inputs, mesh=mesh, batch_size=batch_size, seq_len=seq_len)
+    return [step_scores_from_probs(float(task.is_correct(e, t)), [s.end for s in task.steps(t)], probs.tolist(),
+                                   task.expected_steps(e) or max(len(probs), 1), weight)
+            for e, t, probs in zip(examples, texts, step_probs)]
+  return reward
+
+
 def learned_step_scores(directory: str, weight: float, mesh, task: Task, tokenizer, *, batch_size: int,
                         seq_len: int) -> StepRewardFn:
   """`prm.reward.learned_step_reward` split by step: r_k = w · p_k / S with p_k the saved PRM's P(step k good)
-  at the token closing step k (S = task.expected_steps, or the response's own step count)."""
+  at the token closing step k (S = task.expected_steps, or the response's own step count). A log-prob PRM
+  directory (`check_prm_directory`) is scored by `logprob_step_scores`."""
+  if check_prm_directory(directory) == "logprob":
+    return logprob_step_scores(directory, weight, mesh, task, tokenizer, batch_size=batch_size, seq_len=seq_len)
   model_config, head_config, params = prm_train.load_reward_model(directory, mesh)
   if not head_config.prm_classes:
     raise ValueError(f"{directory}: the reward model has no process head (prm_classes = 0); a dense process "
@@ -119,8 +171,9 @@ def per_sample(fn: RewardFn) -> BatchRewardFn:
 
 def default_reward(rl, task: Task, mesh, tokenizer, seq_len: int) -> BatchRewardFn | StepRewardFn:
   """The `rl` section's reward: 1(ŷ = y), + w · exact step rewards (rl.process_reward = w > 0), or + w · a
-  learned PRM's step scores (rl.process_reward_model = its directory). `seq_len` is the update's row length.
-  With rl.credit != "sequence" and step rewards, a StepRewardFn (per-step scores) instead of rewards_B."""
+  learned PRM's step scores (rl.process_reward_model = its directory: a hidden-state or a log-prob PRM,
+  `check_prm_directory`). `seq_len` is the update's row length. With rl.credit != "sequence" and step rewards,
+  a StepRewardFn (per-step scores) instead of rewards_B."""
   if rl.credit != "sequence" and rl.process_reward_model:
     return learned_step_scores(rl.process_reward_model, rl.process_reward, mesh, task, tokenizer,
                                batch_size=rl.batch_size, seq_len=seq_len)
@@ -130,6 +183,10 @@ def default_reward(rl, task: Task, mesh, tokenizer, seq_len: int) -> BatchReward
                        "task does not have (Task.step_correct); give a trained PRM as config.rl.process_reward_model")
     scores = step_rewarded_scores(task, rl.process_reward)
     return lambda examples, texts: [scores(e, t) for e, t in zip(examples, texts)]
+  if rl.process_reward_model and check_prm_directory(rl.process_reward_model) == "logprob":
+    scores = logprob_step_scores(rl.process_reward_model, rl.process_reward, mesh, task, tokenizer,
+                                 batch_size=rl.batch_size, seq_len=seq_len)
+    return lambda examples, texts: totals(scores(examples, texts))
   if rl.process_reward_model:
     return prm_reward.learned_step_reward(rl.process_reward_model, rl.process_reward, mesh, task, tokenizer,
                                           batch_size=rl.batch_size, seq_len=seq_len)

@@ -21,13 +21,30 @@ position p_k of its closing token (step_mask), so its tokens' log-probs sit at p
 (p_{−1} = the first loss position).
 
 `roc_auc` and `text_ranked_first` measure any verifier against exact labels.
+
+A **log-prob PRM** (`LogprobPRM`, saved as a directory by `save_logprob_prm`, read by `load_logprob_prm`)
+is the learned process reward of a policy-gradient run (pg/rewards.py, rl.process_reward_model): a FROZEN
+model M (the PG start model, a STaR run's M_N) computes the features f_k of each sampled response's steps,
+and the fitted head turns them into
+
+  P̂(step k good) = σ(w · f_k + b)      (f_k standardised with the training features' μ, s: `LogisticHead`)
+
+What makes a directory one is its `logprob_prm.json` (SPEC_FILE, written last): the feature names, the
+head, M's model and train configs, and where M's parameters are (a finished fine-tuning directory:
+`train.json` + `checkpoints/`, e.g. a STaR run's `iter_<N>/`) with its step count and a checksum of the
+parameters, both checked on load.
+As a reward it enters R = 1(ŷ = y) + w Σ_{k ≤ S} P̂(step k good) / S (prm/reward.py's dense return, the step
+scores of Lightman et al. 2023, arXiv 2305.20050, as PPO rewards, as Math-Shepherd does). The head is fitted
+once, on the start model's own samples and exact step labels; nothing here refits it while a policy moves.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +52,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from star_jax import losses, models, sharding
+from star_jax import config as config_lib
+from star_jax import io, losses, models, sharding, train
 from star_jax.models import ModelConfig
 
 FEATURES = ("step_min", "prefix_min", "step_sum", "prefix_sum", "step_not_argmax", "prefix_not_argmax")
@@ -125,6 +143,15 @@ def step_features(logps_L: np.ndarray, is_argmax_L: np.ndarray, loss_mask_L: np.
   return out
 
 
+def examples_step_features(model_config: ModelConfig, params, examples: Sequence[Mapping[str, np.ndarray]], *,
+                           mesh: Mesh, batch_size: int, seq_len: int) -> list[np.ndarray]:
+  """`step_features` [S_i, F] of every example (prm.steps.encode_labelled_text arrays) under the model `params`:
+  one `token_logprobs` forward per batch of `batch_size` rows of `seq_len` tokens."""
+  stats = token_logprobs(model_config, params, examples, mesh=mesh, batch_size=batch_size, seq_len=seq_len)
+  return [step_features(st["logps"], st["is_argmax"], ex["loss_mask"], ex["step_mask"])
+          for st, ex in zip(stats, examples)]
+
+
 def min_prefix_scores(features_SxF: np.ndarray) -> np.ndarray:
   """The untrained verifier: P̂(prefix k good) = exp(min_{t ≤ end_k} ℓ_t), from `step_features` rows."""
   return np.exp(np.asarray(features_SxF)[:, FEATURES.index("prefix_min")]).astype(np.float32)
@@ -186,6 +213,112 @@ def fit_logistic(x_NxF: np.ndarray, y_N: np.ndarray, *, steps: int = 500, lr: fl
   p, losses_S = _fit(jnp.asarray((x_NxF - mean_F) / scale_F, jnp.float32), jnp.asarray(y_N, jnp.float32),
                      jnp.float32(l2), steps=steps, lr=lr)
   return LogisticHead(mean_F, scale_F, np.asarray(p["w_F"], np.float64), float(p["b"])), np.asarray(losses_S)
+
+
+def save_head(path: str, head: LogisticHead, features: Sequence[str] = FEATURES) -> None:
+  """Write a fitted head as JSON (atomically): {"features": names of its inputs, in order, **head.to_json()}."""
+  io.write_json(path, {"features": list(features), **head.to_json()})
+
+
+def _head_from(d: Mapping, where: str) -> LogisticHead:
+  if list(d.get("features", [])) != list(FEATURES):
+    raise ValueError(f"{where}: the head was fitted on features {d.get('features')}, this code computes "
+                     f"{list(FEATURES)} (prm.logprob.FEATURES)")
+  head = LogisticHead.from_json(d)
+  if not all(v.shape == (len(FEATURES),) for v in (head.mean_F, head.scale_F, head.w_F)):
+    raise ValueError(f"{where}: head arrays must have {len(FEATURES)} entries (one per feature)")
+  return head
+
+
+def load_head(path: str) -> LogisticHead:
+  """The head `save_head` wrote; ValueError when its feature names are not FEATURES."""
+  return _head_from(io.read_json(path), path)
+
+
+# ---- a log-prob PRM directory: a frozen model's features + the fitted head ----
+
+SPEC_FILE = "logprob_prm.json"  # the file that makes a directory a log-prob PRM (module docstring)
+SPEC_FORMAT = "logprob_prm/1"
+
+
+def params_checksum(params) -> float:
+  """Σ over every parameter of |x| (float64, on the host): a fingerprint of a model's weights."""
+  return float(sum(np.abs(np.asarray(x, np.float64)).sum() for x in jax.tree.leaves(sharding.to_host(params))))
+
+
+def is_logprob_prm(directory: str) -> bool:
+  """Whether `directory` holds a log-prob PRM (its SPEC_FILE)."""
+  return os.path.exists(os.path.join(directory, SPEC_FILE))
+
+
+def save_logprob_prm(directory: str, head: LogisticHead, *, model_config: ModelConfig, train_config,
+                     params_directory: str, keep: int, params, extra: Mapping[str, Any] | None = None) -> str:
+  """Write `<directory>/logprob_prm.json` atomically (the file that makes it a PRM; write it last) and return
+  its path. `params_directory`: the frozen model's finished fine-tuning directory (train.json + checkpoints/,
+  restored with `train_config`'s optimizer and `keep`), `params` its parameters (for the checksum);
+  `extra`: more keys to record (what the head was fitted on)."""
+  params_directory = os.path.abspath(params_directory)
+  marker = os.path.join(params_directory, "train.json")
+  if not os.path.exists(marker):
+    raise FileNotFoundError(f"{marker} not found: the frozen model of a log-prob PRM must be a finished fine-tuning "
+                            "directory (a STaR run's iter_<N>/ or base/)")
+  spec = {"format": SPEC_FORMAT, "features": list(FEATURES), "head": head.to_json(),
+          "model": dataclasses.asdict(model_config), "train": dataclasses.asdict(train_config),
+          "params": {"directory": params_directory, "keep": int(keep), "steps": int(io.read_json(marker)["steps"]),
+                     "checksum": params_checksum(params)},
+          **dict(extra or {})}
+  path = os.path.join(directory, SPEC_FILE)
+  io.write_json(path, spec)
+  return path
+
+
+@dataclasses.dataclass(frozen=True)
+class LogprobPRM:
+  """A loaded log-prob PRM: the frozen model (config + parameters on a mesh) and the head on its features."""
+
+  head: LogisticHead
+  model_config: ModelConfig
+  params: Any
+  spec: Mapping[str, Any]  # the logprob_prm.json it was loaded from
+
+  def step_probs(self, examples: Sequence[Mapping[str, np.ndarray]], *, mesh: Mesh, batch_size: int,
+                 seq_len: int) -> list[np.ndarray]:
+    """P̂(step k good) = σ(w · f_k + b) [S_i] per example (prm.steps.encode_labelled_text arrays, a step end
+    marked for every step to be scored), f_k = `step_features` of the frozen model's token log-probs."""
+    features = examples_step_features(self.model_config, self.params, examples, mesh=mesh, batch_size=batch_size,
+                                      seq_len=seq_len)
+    return [self.head.predict(f) if len(f) else np.zeros(0, np.float32) for f in features]
+
+
+def load_logprob_prm(directory: str, mesh: Mesh) -> LogprobPRM:
+  """The log-prob PRM of `directory` with the frozen model restored onto `mesh`. FileNotFoundError naming the
+  missing file (the spec, or the frozen model's train.json); ValueError when the frozen model is not the one
+  the head was fitted on (another step count or parameter checksum) or the features differ."""
+  spec_path = os.path.join(directory, SPEC_FILE)
+  if not os.path.exists(spec_path):
+    raise FileNotFoundError(f"{spec_path} not found: a log-prob PRM directory needs {SPEC_FILE} "
+                            "(experiments/pg_star_arithmetic/from_star/train_prm.py writes it)")
+  spec = io.read_json(spec_path)
+  if spec.get("format") != SPEC_FORMAT:
+    raise ValueError(f"{spec_path}: format {spec.get('format')!r}, expected {SPEC_FORMAT!r}")
+  head = _head_from({"features": spec["features"], **spec["head"]}, spec_path)
+  model_config = config_lib.from_mapping(ModelConfig, spec["model"], f"{spec_path}:model")
+  train_config = config_lib.from_mapping(config_lib.TrainConfig, spec["train"], f"{spec_path}:train")
+  where = spec["params"]
+  marker = os.path.join(where["directory"], "train.json")
+  if not os.path.exists(marker):
+    raise FileNotFoundError(f"{spec_path}: the frozen model's directory holds no finished fine-tuning ({marker} "
+                            "not found; was the STaR run moved or deleted?)")
+  steps = int(io.read_json(marker)["steps"])
+  if steps != where["steps"]:
+    raise ValueError(f"{spec_path}: the frozen model in {where['directory']} was trained {steps} steps, the head "
+                     f"was fitted on a model of {where['steps']} steps")
+  params = train.restore_params(model_config, train_config, mesh, where["directory"], keep=where["keep"])
+  checksum = params_checksum(params)
+  if not np.isclose(checksum, where["checksum"], rtol=1e-6, atol=0.0):
+    raise ValueError(f"{spec_path}: the parameters in {where['directory']} (checksum {checksum}) are not the ones "
+                     f"the head was fitted on (checksum {where['checksum']})")
+  return LogprobPRM(head, model_config, params, spec)
 
 
 # ---- metrics ----
