@@ -38,6 +38,7 @@ VARIANTS = {  # run.sh's directories, in table order; other directories with an 
     "process_sequence": "PG + exact step reward, summed per sequence",
     "process_reward_to_go": "PG + exact step reward, per-step credit (reward-to-go)",
     "process_gae": "PG + exact step reward, GAE (value head)",
+    "learned_prm_reward_to_go": "PG + learned log-prob PRM (fitted on M_N's samples), per-step credit",
     "star": "classic STaR from M_N",
 }
 WINDOW = 10  # updates averaged at the start and at the end of a PG run
