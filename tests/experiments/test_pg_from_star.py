@@ -119,3 +119,14 @@ def test_run_sh_syntax_and_usage():
   subprocess.run(["bash", "-n", script], check=True)
   out = subprocess.run(["bash", script], capture_output=True, text=True, check=False)
   assert out.returncode == 2 and "run.sh STAR_WORKDIR ITER TOKENS ROOT" in out.stderr
+
+
+def test_plot_survives_a_wilson_bound_a_rounding_error_inside_p(root, tmp_path):
+  """An accuracy of 1.0 whose Wilson upper bound is 1 - 1e-16 (as wilson(1.0, 81) computes) must not make a
+  negative error bar (matplotlib refuses those)."""
+  path = root / "outcome" / "heldout_eval.json"
+  ev = json.loads(path.read_text())
+  ev["lengths"]["2digit"]["greedy"].update(accuracy=1.0, ci95=[0.95, 1.0 - 1e-16])
+  path.write_text(json.dumps(ev))
+  summarize.summarize(str(root), str(tmp_path / "out"))
+  assert os.path.getsize(tmp_path / "out" / "accuracy.png") > 0

@@ -225,7 +225,9 @@ def plot(results: dict, path: str) -> None:
     for i, (label, values) in enumerate(bars):
       p = np.asarray([v["accuracy"] for v in values])
       lo, hi = np.asarray([v["ci95"][0] for v in values]), np.asarray([v["ci95"][1] for v in values])
-      ax.bar(x + (i - (len(bars) - 1) / 2) * width, p, width, yerr=np.stack([p - lo, hi - p]), capsize=2, label=label)
+      # (clipped: a Wilson bound at p = 0 or 1 can sit a rounding error inside p)
+      yerr = np.clip(np.stack([p - lo, hi - p]), 0.0, None)
+      ax.bar(x + (i - (len(bars) - 1) / 2) * width, p, width, yerr=yerr, capsize=2, label=label)
     ax.set_xticks(x, names)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(f"{measure} accuracy")
