@@ -114,11 +114,17 @@ def test_star_stops_within_half_an_iteration_of_the_budget(tmp_path):
   assert not summarize.star_should_continue(str(tmp_path), 150)
 
 
-def test_run_sh_syntax_and_usage():
-  script = os.path.join(REPO, "experiments", "pg_star_arithmetic", "from_star", "run.sh")
+@pytest.mark.parametrize("name", ["run.sh", "learned_prm.sh"])
+def test_driver_syntax_usage_and_missing_iteration(name, tmp_path):
+  """Both drivers source common.sh: usage without arguments, a clear error for an unfinished iteration."""
+  script = os.path.join(REPO, "experiments", "pg_star_arithmetic", "from_star", name)
   subprocess.run(["bash", "-n", script], check=True)
   out = subprocess.run(["bash", script], capture_output=True, text=True, check=False)
-  assert out.returncode == 2 and "run.sh STAR_WORKDIR ITER TOKENS ROOT" in out.stderr
+  assert out.returncode == 2 and f"{name} STAR_WORKDIR ITER TOKENS ROOT" in out.stderr
+  (tmp_path / "star").mkdir()
+  out = subprocess.run(["bash", script, str(tmp_path / "star"), "3", "1000", str(tmp_path / "root")],
+                       capture_output=True, text=True, check=False)
+  assert out.returncode == 1 and f"{name}: " in out.stderr and "iter_3/train.json not found" in out.stderr
 
 
 def test_plot_survives_a_wilson_bound_a_rounding_error_inside_p(root, tmp_path):

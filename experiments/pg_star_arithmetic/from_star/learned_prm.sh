@@ -20,45 +20,11 @@
 # (extra overrides for the PG run and for train_prm.py), PER_LENGTH (500), SAMPLES (16), EVAL_ARGS; and PRM_ARGS
 # (extra train_prm.py flags, e.g. "--questions_per_length=300 --samples=4").
 set -euo pipefail
-if [ $# -ne 4 ]; then
-  sed -n '8,9p' "$0" >&2
-  exit 2
-fi
-STAR=$(cd "$1" && pwd)
-ITER=$2
-TOKENS=$3
-ROOT=$4
-PY=${PYTHON:-python}
-PG_CONFIG=${PG_CONFIG:-experiments/configs/pg_star_arithmetic.py:demo}
-PER_LENGTH=${PER_LENGTH:-500}
-SAMPLES=${SAMPLES:-16}
-mkdir -p "$ROOT"
-ROOT=$(cd "$ROOT" && pwd)
-DATA="$ROOT/data"  # one copy of the task data for every run and evaluation (the STaR workdir is only read)
+USAGE_LINES=8,9
+# shellcheck source=experiments/pg_star_arithmetic/from_star/common.sh
+source "$(dirname "$0")/common.sh"
 PRM="$ROOT/learned_prm_model"
 NAME=learned_prm_reward_to_go
-
-if [ ! -f "$STAR/iter_$ITER/train.json" ]; then
-  echo "learned_prm.sh: $STAR/iter_$ITER/train.json not found: the STaR run has not finished iteration $ITER" >&2
-  exit 1
-fi
-
-pg() {  # pg NAME [overrides...]: exactly run.sh's pg()
-  local name=$1
-  shift
-  # shellcheck disable=SC2086
-  $PY -m star_jax.main --config="$PG_CONFIG" --workdir="$ROOT/$name" --config.data.data_dir="$DATA" \
-      --config.rl.base_workdir="$STAR" --config.rl.base_iteration="$ITER" --config.rl.token_budget="$TOKENS" \
-      --config.rl.eval_every=1000000 --config.checkpoint.every_steps=1000 "$@" ${PG_ARGS:-}
-}
-
-evaluate() {  # evaluate OUT WORKDIR [--iteration=..]: exactly run.sh's evaluate()
-  local out=$1
-  shift
-  # shellcheck disable=SC2086
-  $PY -m experiments.pg_star_arithmetic.from_star.evaluate --out="$out" --data_dir="$DATA" \
-      --per_length="$PER_LENGTH" --samples="$SAMPLES" "$@" ${EVAL_ARGS:-}
-}
 
 # shellcheck disable=SC2086
 $PY -m experiments.pg_star_arithmetic.from_star.train_prm --config="$PG_CONFIG" --out="$PRM" \

@@ -23,38 +23,11 @@
 # PER_LENGTH (500), SAMPLES (16), EVAL_ARGS (extra evaluate.py flags, e.g. "--batch_size=1024" on a GPU),
 # STAR_MAX_ITERATIONS (8), VARIANTS.
 set -euo pipefail
-if [ $# -ne 4 ]; then
-  sed -n '7,8p' "$0" >&2
-  exit 2
-fi
-STAR=$(cd "$1" && pwd)
-ITER=$2
-TOKENS=$3
-ROOT=$4
-PY=${PYTHON:-python}
-PG_CONFIG=${PG_CONFIG:-experiments/configs/pg_star_arithmetic.py:demo}
-STAR_CONFIG=${STAR_CONFIG:-experiments/configs/star_arithmetic.py:demo}
-PER_LENGTH=${PER_LENGTH:-500}
-SAMPLES=${SAMPLES:-16}
+USAGE_LINES=7,8
+# shellcheck source=experiments/pg_star_arithmetic/from_star/common.sh
+source "$(dirname "$0")/common.sh"
 STAR_MAX_ITERATIONS=${STAR_MAX_ITERATIONS:-8}
 VARIANTS=${VARIANTS:-outcome process_sequence process_reward_to_go process_gae star}
-mkdir -p "$ROOT"
-ROOT=$(cd "$ROOT" && pwd)
-DATA="$ROOT/data"  # one copy of the task data for every run and evaluation (the STaR workdir is only read)
-
-if [ ! -f "$STAR/iter_$ITER/train.json" ]; then
-  echo "run.sh: $STAR/iter_$ITER/train.json not found: the STaR run has not finished iteration $ITER" >&2
-  exit 1
-fi
-
-pg() {  # pg NAME [overrides...]
-  local name=$1
-  shift
-  # shellcheck disable=SC2086
-  $PY -m star_jax.main --config="$PG_CONFIG" --workdir="$ROOT/$name" --config.data.data_dir="$DATA" \
-      --config.rl.base_workdir="$STAR" --config.rl.base_iteration="$ITER" --config.rl.token_budget="$TOKENS" \
-      --config.rl.eval_every=1000000 --config.checkpoint.every_steps=1000 "$@" ${PG_ARGS:-}
-}
 
 star() {  # classic STaR from M_ITER, one iteration more per call until the sampled tokens reach TOKENS
   local n=0
@@ -69,14 +42,6 @@ print(int(s.star_should_continue(sys.argv[1], int(sys.argv[2]))))' "$ROOT/star" 
       break
     fi
   done
-}
-
-evaluate() {  # evaluate OUT WORKDIR [--iteration=..]
-  local out=$1
-  shift
-  # shellcheck disable=SC2086
-  $PY -m experiments.pg_star_arithmetic.from_star.evaluate --out="$out" --data_dir="$DATA" \
-      --per_length="$PER_LENGTH" --samples="$SAMPLES" "$@" ${EVAL_ARGS:-}
 }
 
 for v in $VARIANTS; do
