@@ -35,8 +35,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.checkpoint.keep = 1
   c.study.seed_examples = 200_000  # > the ~210k examples 6,000 steps of 16 packed rows read: ~1 epoch
   # then a second cosine schedule on a fresh seed set: 6,000 steps alone gave 89.6% of sampled steps correct
-  c.study.polish_steps = 2500
-  c.study.polish_lr = 5e-4
+  c.study.polish_steps = 2500  # at study.polish_lr's 5e-4 (a quarter of the first schedule's peak)
   c.study.temperature = 0.7  # CoT and reward-data sampling at the ToT paper's temperature (Yao et al. 2023 use 0.7)
   c.search.temperature = 0.7  # ToT step sampling, likewise
   c.study.cot_samples = 64  # CoT best-of-k for k = 1..64 (the issue asks up to 100: CPU time; ToT b=5 n=10 costs ~27)
