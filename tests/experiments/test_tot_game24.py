@@ -1,5 +1,5 @@
-"""experiments/tot_game24/study.py: config, judging, best-of-k, reward examples, the summary's targets, and the tiny
-study end to end."""
+"""experiments/tot_game24/study.py and report.py: config, judging, best-of-k, reward examples, the summary's
+targets, and the tiny study end to end."""
 
 import json
 import math
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import tot_game24
-from experiments.tot_game24 import study
+from experiments.tot_game24 import report, study
 from star_jax.data import CharTokenizer, game24
 
 
@@ -62,20 +62,20 @@ def test_competence_counts_step_lines():
               "tokens": 10},
              {"steps_correct": [True, True, True], "steps_fraction": [False, False, True], "correct": True,
               "reached24": True, "tokens": 30}]
-  c = study.competence(records)
+  c = report.competence(records)
   assert c["steps"] == 5 and c["step_correct"] == 4 / 5 and c["step_correct_integer"] == 1.0
   assert c["step_correct_fraction"] == 1 / 2 and c["pass@1"] == 0.5 and c["tokens_per_output"] == 20
 
 
 def test_pass_at_k_hand_values():
   correct = np.asarray([[1, 0, 0, 0], [0, 0, 0, 0]], bool)
-  assert math.isclose(study.pass_at_k(correct, 1), 0.25 / 2)
-  assert math.isclose(study.pass_at_k(correct, 2), (1 - 3 / 6) / 2)  # 1 - C(3,2)/C(4,2) for the first puzzle
-  assert math.isclose(study.pass_at_k(correct, 4), 0.5)
-  assert math.isclose(study.pass_at_k(correct, 1.5), (0.125 + 0.25) / 2)
-  assert study.pass_at_k(correct, 0) == 0.0
+  assert math.isclose(report.pass_at_k(correct, 1), 0.25 / 2)
+  assert math.isclose(report.pass_at_k(correct, 2), (1 - 3 / 6) / 2)  # 1 - C(3,2)/C(4,2) for the first puzzle
+  assert math.isclose(report.pass_at_k(correct, 4), 0.5)
+  assert math.isclose(report.pass_at_k(correct, 1.5), (0.125 + 0.25) / 2)
+  assert report.pass_at_k(correct, 0) == 0.0
   with pytest.raises(ValueError, match="outside"):
-    study.pass_at_k(correct, 5)
+    report.pass_at_k(correct, 5)
 
 
 def test_reward_examples_put_the_exact_labels_at_step_ends():
@@ -92,9 +92,9 @@ def test_reward_examples_put_the_exact_labels_at_step_ends():
 
 def test_per_puzzle_pass_at_k():
   correct = np.asarray([[1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]], bool)
-  np.testing.assert_allclose(study.pass_at_k_P(correct, 2), [1 - 3 / 6, 0.0, 1.0])
-  np.testing.assert_allclose(study.pass_at_k_P(correct, 1.5), [(0.25 + 0.5) / 2, 0.0, 1.0])
-  assert math.isclose(study.pass_at_k(correct, 2), np.mean([0.5, 0.0, 1.0]))
+  np.testing.assert_allclose(report.pass_at_k_P(correct, 2), [1 - 3 / 6, 0.0, 1.0])
+  np.testing.assert_allclose(report.pass_at_k_P(correct, 1.5), [(0.25 + 0.5) / 2, 0.0, 1.0])
+  assert math.isclose(report.pass_at_k(correct, 2), np.mean([0.5, 0.0, 1.0]))
 
 
 def _row(name, success, tokens, cot, success_any=None, half=0.01):
@@ -108,20 +108,20 @@ def _row(name, success, tokens, cot, success_any=None, half=0.01):
 
 def test_targets_are_read_from_the_rows():
   rows = [_row("prm_b5_n5", 0.3, 1000, 0.2), _row("prm_b1_n5", 0.2, 300, 0.1), _row("oracle_b5_n5", 0.5, 1000, 0.2)]
-  t = study._targets(rows)
+  t = report.targets(rows)
   assert t["prm_beats_cot_from_b5_cost"] and t["b5_beats_b1"] and t["compared"] == ["prm_b5_n5"]
   assert t["prm_beats_cot_beyond_ci_any"] and t["prm_beats_cot_from_b5_cost_top"]
   rows[0] = _row("prm_b5_n5", 0.3, 1000, 0.2, half=0.2)  # ahead, but inside the interval
-  t = study._targets(rows)
+  t = report.targets(rows)
   assert t["prm_beats_cot_from_b5_cost_any"] and not t["prm_beats_cot_beyond_ci_any"]
   rows[0] = _row("prm_b5_n5", 0.3, 1000, 0.35, success_any=0.4)  # counted among the b finals it wins, alone not
-  t = study._targets(rows)
+  t = report.targets(rows)
   assert t["prm_beats_cot_from_b5_cost"] and not t["prm_beats_cot_from_b5_cost_top"]
   rows.append(_row("prm_b5_n10", 0.5, 2000, 0.6))  # every setting from b=5's cost up must win
-  assert not study._targets(rows)["prm_beats_cot_from_b5_cost"]
+  assert not report.targets(rows)["prm_beats_cot_from_b5_cost"]
   rows[1]["success_any"] = 0.45
-  assert not study._targets(rows)["b5_beats_b1"]
-  assert study._targets(rows[1:2])["b5_beats_b1"] is None
+  assert not report.targets(rows)["b5_beats_b1"]
+  assert report.targets(rows[1:2])["b5_beats_b1"] is None
 
 
 @pytest.mark.e2e
