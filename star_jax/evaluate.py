@@ -1,10 +1,12 @@
-"""Held-out evaluation: greedy generation with the KV-cache sampler, scored by the task's verifier."""
+"""Held-out evaluation: greedy generation with the KV-cache sampler, scored by the task's verifier; n sampled
+continuations per prompt (`sample_continuations`: pass@k, Monte-Carlo rollouts, best-of-k)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -38,6 +40,52 @@ def generate_texts(model_config: ModelConfig, params, tokenizer: CharTokenizer, 
     for row in range(len(chunk)):
       texts.append(tokenizer.decode(tokens_BxN[row, :gen_lengths_B[row]]))
   return texts
+
+
+def sample_continuations(model_config: ModelConfig, params, tokenizer, prompts: Sequence[str], n: int, *, mesh: Mesh,
+                         sampling_config: sampling.SamplingConfig, batch_size: int, rng: jax.Array,
+                         max_new_tokens: int | None = None, grouped: bool = True, prompt_multiple: int = 16,
+                         key_stride: int | None = None,
+                         on_chunk: Callable[[int], None] | None = None) -> tuple[list[str], np.ndarray]:
+  """(texts, generated_R): n sampled continuations of each prompt ([BOS] + prompt; EOS and padding stripped from
+  the texts), prompt-major: row i n + j is continuation j of prompts[i]; generated_R[r] is the number of tokens
+  the sampler generated for row r (EOS included).
+
+  Calls of about `batch_size` rows: P = max(1, batch_size // n) prompts, rounded up to a multiple of the mesh's
+  data x fsdp size (the last call padded with copies of its first prompt, prompts left-padded to a multiple of
+  `prompt_multiple`: few compiled shapes). Call c, starting at prompt s, uses the key fold_in(rng, s ·
+  key_stride) (default key_stride = n: the row offset, as `generate_texts` folds it on the repeated prompts).
+  With `grouped` (the default) each call is `sampling.sample_grouped` (a prompt prefilled once, its n rows
+  decoded over the shared prefix with cascade attention), otherwise `sampling.sample` on the prompts repeated n
+  times: the same tokens (tests/prm/test_rollouts.py). `on_chunk(prompts_done)` after every call (progress).
+  """
+  if n < 1 or batch_size < 1:
+    raise ValueError(f"sample_continuations: n={n} and batch_size={batch_size} must be >= 1")
+  divisor = sharding.batch_divisor(mesh)
+  per_call = -(-max(1, batch_size // n) // divisor) * divisor
+  stride = n if key_stride is None else key_stride
+  encoded = [tokenizer.encode(p, add_bos=True) for p in prompts]
+  common = dict(cfg=sampling_config, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                max_new_tokens=None if max_new_tokens is None else jnp.int32(max_new_tokens))
+  texts: list[str] = []
+  generated: list[int] = []
+  for start in range(0, len(encoded), per_call):
+    chunk = encoded[start:start + per_call]
+    tokens_GxP, lengths_G = sampling.left_pad(chunk + [chunk[0]] * (per_call - len(chunk)), tokenizer.pad_id,
+                                              multiple=prompt_multiple)
+    key = jax.random.fold_in(rng, start * stride)
+    if grouped:
+      out = sampling.sample_grouped(model_config, params, sharding.shard_global_batch(tokens_GxP, mesh),
+                                    sharding.shard_global_batch(lengths_G, mesh), key, n_per_prompt=n, **common)
+    else:
+      out = sampling.sample(model_config, params, sharding.shard_global_batch(np.repeat(tokens_GxP, n, axis=0), mesh),
+                            sharding.shard_global_batch(np.repeat(lengths_G, n), mesh), key, **common)
+    tokens_BxN, lengths_B = sharding.to_host((out.tokens_BxN, out.lengths_B))
+    texts += [tokenizer.decode(tokens_BxN[row, :lengths_B[row]]) for row in range(len(chunk) * n)]
+    generated += [int(x) for x in lengths_B[:len(chunk) * n]]
+    if on_chunk is not None:
+      on_chunk(len(chunk))
+  return texts, np.asarray(generated, np.int64)
 
 
 def arithmetic_accuracy(model_config: ModelConfig, params, tokenizer: CharTokenizer,

@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 from experiments.tot_game24 import report
-from star_jax import checkpoint, host_malloc, io, sampling, sharding, train
+from star_jax import checkpoint, evaluate, host_malloc, io, sampling, sharding, train
 from star_jax import config as config_lib
 from star_jax.data import CharTokenizer, game24, game24_seed, make_train_dataset
 from star_jax.models import HeadConfig, ModelConfig
@@ -185,27 +185,15 @@ def generate(cfg: ToTStudyConfig, mesh, params, prompts: Sequence[str], n: int, 
              max_new_tokens: int, rng: jax.Array) -> list[tuple[str, int]]:
   """(text, generated tokens) of n continuations of every prompt, row i * n + j = continuation j of prompt i.
 
-  `sampling.sample_grouped` (each prompt prefilled once for its n rows); chunks of a fixed number of prompts
-  (the last padded with copies of its first), so the sampler compiles once per prompt-length bucket. The token
-  count includes EOS (what the policy generated), as the search's budget does.
+  `evaluate.sample_continuations` (each prompt prefilled once for its n rows; calls of a fixed number of prompts,
+  so the sampler compiles once per prompt-length bucket). The token count includes EOS (what the policy
+  generated), as the search's budget does.
   """
-  tokenizer = CharTokenizer()
-  divisor = sharding.batch_divisor(mesh)
-  per_call = max(1, cfg.study.generate_batch_size // n)
-  per_call = -(-per_call // divisor) * divisor
-  encoded = [tokenizer.encode(p, add_bos=True) for p in prompts]
   scfg = sampling.SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature)
-  out = []
-  for start in range(0, len(encoded), per_call):
-    chunk = encoded[start:start + per_call]
-    tokens_GxP, lengths_G = sampling.left_pad(chunk + [chunk[0]] * (per_call - len(chunk)), tokenizer.pad_id, multiple=32)
-    res = sampling.sample_grouped(cfg.model, params, sharding.shard_global_batch(tokens_GxP, mesh),
-                                  sharding.shard_global_batch(lengths_G, mesh), jax.random.fold_in(rng, start),
-                                  n_per_prompt=n, cfg=scfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-    tokens_BxN, lengths_B = sharding.to_host((res.tokens_BxN, res.lengths_B))
-    for row in range(len(chunk) * n):
-      out.append((tokenizer.decode(tokens_BxN[row, :lengths_B[row]]), int(lengths_B[row])))
-  return out
+  texts, generated = evaluate.sample_continuations(cfg.model, params, CharTokenizer(), prompts, n, mesh=mesh,
+                                                   sampling_config=scfg, batch_size=cfg.study.generate_batch_size,
+                                                   rng=rng, prompt_multiple=32, key_stride=1)
+  return [(text, int(tokens)) for text, tokens in zip(texts, generated)]
 
 
 def _has_fraction(check: game24.StepCheck) -> bool:

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from star_jax import sampling, sharding
+from star_jax import evaluate, sampling
 from star_jax.data import prm800k
 from star_jax.data.arithmetic import Problem
 from star_jax.data.steps import Step, prefix_correct_labels, split_steps  # noqa: F401 (re-exported)
@@ -166,37 +166,14 @@ def sample_rollouts(model_config: ModelConfig, params, tokenizer, prompts: Seque
                     sampling_config: sampling.SamplingConfig, batch_size: int, rng: jax.Array,
                     max_new_tokens: int | None = None, grouped: bool = True) -> list[str]:
   """n sampled continuations of each prompt ([BOS] + prompt; EOS and padding stripped), prompt-major: text
-  i n + j is continuation j of prompts[i] (a `rollout_outcomes` completer).
-
-  Calls of about `batch_size` rows: P = max(1, batch_size // n) prompts, rounded up to a multiple of the
-  mesh's data x fsdp size (the last call padded with copies of its first prompt, so every call has one
-  shape); call c uses the key fold_in(rng, c P n). With `grouped` (the default) each call is
-  `sampling.sample_grouped` (a prompt prefilled once, its n rows decoded over the shared prefix with cascade
-  attention), otherwise `sampling.sample` on the prompts repeated n times. Both give the same texts, which
+  i n + j is continuation j of prompts[i] (a `rollout_outcomes` completer): the texts of
+  `evaluate.sample_continuations` (calls of ~batch_size rows, grouped sampling, call keys at the row offset), which
   are those of `evaluate.generate_texts` on the repeated prompts (`[p for p in prompts for _ in range(n)]`)
   with the same rng and a batch_size of P n rows (tests/prm/test_rollouts.py).
   """
-  if n < 1 or batch_size < 1:
-    raise ValueError(f"sample_rollouts: n={n} and batch_size={batch_size} must be >= 1")
-  divisor = sharding.batch_divisor(mesh)
-  per_call = -(-max(1, batch_size // n) // divisor) * divisor
-  encoded = [tokenizer.encode(p, add_bos=True) for p in prompts]
-  common = dict(cfg=sampling_config, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                max_new_tokens=None if max_new_tokens is None else jnp.int32(max_new_tokens))
-  texts: list[str] = []
-  for start in range(0, len(encoded), per_call):
-    chunk = encoded[start:start + per_call]
-    tokens_GxP, lengths_G = sampling.left_pad(chunk + [chunk[0]] * (per_call - len(chunk)), tokenizer.pad_id)
-    key = jax.random.fold_in(rng, start * n)  # the row offset, as generate_texts folds it
-    if grouped:
-      out = sampling.sample_grouped(model_config, params, sharding.shard_global_batch(tokens_GxP, mesh),
-                                    sharding.shard_global_batch(lengths_G, mesh), key, n_per_prompt=n, **common)
-    else:
-      out = sampling.sample(model_config, params, sharding.shard_global_batch(np.repeat(tokens_GxP, n, axis=0), mesh),
-                            sharding.shard_global_batch(np.repeat(lengths_G, n), mesh), key, **common)
-    tokens_BxN, lengths_B = sharding.to_host((out.tokens_BxN, out.lengths_B))
-    texts += [tokenizer.decode(tokens_BxN[row, :lengths_B[row]]) for row in range(len(chunk) * n)]
-  return texts
+  return evaluate.sample_continuations(model_config, params, tokenizer, prompts, n, mesh=mesh,
+                                      sampling_config=sampling_config, batch_size=batch_size, rng=rng,
+                                      max_new_tokens=max_new_tokens, grouped=grouped)[0]
 
 
 def mc_labels(outcomes_SxN: np.ndarray, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -45,12 +45,11 @@ import time
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
 from experiments.stats import wilson
-from star_jax import evaluate, io, sampling, sharding
+from star_jax import evaluate, io, sampling
 from star_jax.data import arithmetic
 from star_jax.data.tasks import Example, cut_at_stop
 from star_jax.pg import loop as pg_loop
@@ -152,42 +151,24 @@ def greedy_correct(cfg: StarExperimentConfig, params, tokenizer, mesh, task, exa
   return np.asarray([task.is_correct(e, cut_at_stop(t, task.stop_strings)) for e, t in zip(examples, texts)], np.int32)
 
 
-def prompts_per_call(batch_size: int, samples: int, mesh) -> int:
-  """Prompts per grouped sampler call: ~batch_size rows (at least one prompt), a multiple of the mesh's
-  data x fsdp size (sample_grouped splits the prompts over it)."""
-  divisor = sharding.batch_divisor(mesh)
-  return max(1, -(-max(1, batch_size // samples) // divisor)) * divisor
-
-
 def sampled_correct(cfg: StarExperimentConfig, params, tokenizer, mesh, task, examples: Sequence[Example], *,
                     samples: int, temperature: float, rng: jax.Array, stops=(), exemplars: Sequence[Example] = (),
                     batch_size: int | None = None, progress=None) -> tuple[np.ndarray, int]:
   """(correct samples per example [n] in 0..samples, generated tokens): `samples` continuations of each prompt
-  at `temperature`, each prompt prefilled once (sampling.sample_grouped). Every call has the same shape
-  (the last chunk padded with its first prompt, prompts left-padded to one width): one compilation."""
-  g = prompts_per_call(batch_size or cfg.eval.batch_size, samples, mesh)
-  ids = [tokenizer.encode(task.few_shot_prompt(e, exemplars), add_bos=True) for e in examples]
-  width = -(-max(len(x) for x in ids) // 16) * 16
-  cap = task.eval_cap(examples, cfg.eval.max_new_tokens)
+  at `temperature`, each prompt prefilled once (evaluate.sample_continuations: grouped sampling). Every call has
+  the same shape (the last chunk padded with its first prompt, prompts left-padded to one width): one compilation."""
+  prompts = [task.few_shot_prompt(e, exemplars) for e in examples]
+  width = -(-max(len(tokenizer.encode(p, add_bos=True)) for p in prompts) // 16) * 16
   sampling_config = sampling.SamplingConfig(max_new_tokens=cfg.eval.max_new_tokens, temperature=temperature,
                                             stop_sequences=stops)
-  correct, tokens = np.zeros(len(examples), np.int32), 0
-  for start in range(0, len(ids), g):
-    chunk = ids[start:start + g]
-    tokens_GxP, lengths_G = sampling.left_pad(chunk + [chunk[0]] * (g - len(chunk)), tokenizer.pad_id, multiple=width)
-    out = sampling.sample_grouped(cfg.model, params, sharding.shard_global_batch(tokens_GxP, mesh),
-                                  sharding.shard_global_batch(lengths_G, mesh), jax.random.fold_in(rng, start),
-                                  n_per_prompt=samples, cfg=sampling_config, eos_id=tokenizer.eos_id,
-                                  pad_id=tokenizer.pad_id, max_new_tokens=jnp.int32(cap))
-    tokens_BxN, lengths_B = sharding.to_host((out.tokens_BxN, out.lengths_B))
-    for row in range(len(chunk) * samples):  # row g S + s: sample s of chunk[g]
-      i = start + row // samples
-      text = cut_at_stop(tokenizer.decode(tokens_BxN[row, :lengths_B[row]]), task.stop_strings)
-      correct[i] += bool(task.is_correct(examples[i], text))
-      tokens += int(lengths_B[row])
-    if progress is not None:
-      progress.update(len(chunk))
-  return correct, tokens
+  texts, generated = evaluate.sample_continuations(
+      cfg.model, params, tokenizer, prompts, samples, mesh=mesh, sampling_config=sampling_config,
+      batch_size=batch_size or cfg.eval.batch_size, rng=rng, max_new_tokens=task.eval_cap(examples, cfg.eval.max_new_tokens),
+      prompt_multiple=width, key_stride=1, on_chunk=None if progress is None else progress.update)
+  correct = np.zeros(len(examples), np.int32)
+  for row, text in enumerate(texts):  # row i S + s: sample s of examples[i]
+    correct[row // samples] += bool(task.is_correct(examples[row // samples], cut_at_stop(text, task.stop_strings)))
+  return correct, int(generated.sum())
 
 
 def _proportion(correct: int, n: int) -> dict:
